@@ -1,0 +1,1 @@
+"""Triton kernels (one file each) and their pure-torch twins (`reference*.py`)."""
