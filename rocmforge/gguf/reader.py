@@ -104,7 +104,9 @@ class _Cursor:
                 fmt, dt = _SCALARS[etype]
                 nbytes = count * struct.calcsize(fmt)
                 self.need(nbytes, what)
-                arr = np.frombuffer(self.buf, dtype=np.dtype(dt).newbyteorder("<"), count=count, offset=self.pos)
+                arr = np.frombuffer(
+                    self.buf, dtype=np.dtype(dt).newbyteorder("<"), count=count, offset=self.pos
+                )
                 self.pos += nbytes
                 return arr.tolist()
             if etype in (_STRING, _ARRAY):
@@ -125,7 +127,9 @@ class GGUFFile:
         except FileNotFoundError:
             raise GGUFError(f"{self.path}: no such file") from None
         except (ValueError, OSError) as e:  # ValueError: empty file cannot be mapped
-            raise GGUFError(f"{self.path}: cannot map file ({e}); is it an empty or unreadable file?") from None
+            raise GGUFError(
+                f"{self.path}: cannot map file ({e}); is it an empty or unreadable file?"
+            ) from None
         self.metadata: dict[str, Any] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self._parse()
@@ -149,8 +153,10 @@ class GGUFFile:
         n_kv = cur.u64("metadata count")
         # Each KV pair takes ≥ 13 bytes and each tensor info ≥ 28: bound the loops by the file size.
         if n_kv * 13 > cur.size or n_tensors * 28 > cur.size:
-            raise GGUFError(f"{self.path}: corrupt GGUF header: {n_kv} metadata pairs / {n_tensors} tensors "
-                            f"cannot fit in {cur.size} bytes")
+            raise GGUFError(
+                f"{self.path}: corrupt GGUF header: {n_kv} metadata pairs / {n_tensors} tensors "
+                f"cannot fit in {cur.size} bytes"
+            )
         for i in range(n_kv):
             key = cur.string(f"metadata key #{i}")
             vtype = cur.u32(f"type of metadata {key!r}")
@@ -164,7 +170,9 @@ class GGUFFile:
             if not 1 <= n_dims <= MAX_DIMS:
                 raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dims (1..{MAX_DIMS} allowed)")
             ne = [cur.u64(f"dim {d} of tensor {name!r}") for d in range(n_dims)]
-            infos.append((name, ne, cur.u32(f"type of tensor {name!r}"), cur.u64(f"offset of tensor {name!r}")))
+            infos.append(
+                (name, ne, cur.u32(f"type of tensor {name!r}"), cur.u64(f"offset of tensor {name!r}"))
+            )
         align = self.metadata.get("general.alignment", 32)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
             raise GGUFError(f"{self.path}: general.alignment = {align!r} is not a power of two")
@@ -181,8 +189,10 @@ class GGUFFile:
         except GGUFError as e:
             raise GGUFError(f"{self.path}: tensor {name!r}: {e}") from None
         if any(d <= 0 for d in ne) or ne[0] % q.block_size:
-            raise GGUFError(f"{self.path}: tensor {name!r} has invalid shape ne={ne} for type {q.name} "
-                            f"(row length must be a positive multiple of {q.block_size})")
+            raise GGUFError(
+                f"{self.path}: tensor {name!r} has invalid shape ne={ne} for type {q.name} "
+                f"(row length must be a positive multiple of {q.block_size})"
+            )
         n = 1
         for d in ne:
             n *= d
@@ -190,8 +200,8 @@ class GGUFFile:
         start = self.data_offset + offset
         if offset % self.alignment or start + nbytes > len(self._mm):
             raise GGUFError(
-                f"{self.path}: tensor {name!r} data [{start}, {start + nbytes}) is out of bounds or misaligned "
-                f"(file size {len(self._mm)}); the file is truncated or corrupt"
+                f"{self.path}: tensor {name!r} data [{start}, {start + nbytes}) is out of bounds or "
+                f"misaligned (file size {len(self._mm)}); the file is truncated or corrupt"
             )
         self.tensors[name] = TensorInfo(name, q.id, q.name, tuple(reversed(ne)), start, nbytes)
 
@@ -222,4 +232,5 @@ class GGUFFile:
         return dequantize(self.raw(name), t.qtype, t.shape)
 
     def __repr__(self) -> str:
-        return f"GGUFFile({str(self.path)!r}, v{self.version}, {len(self.metadata)} kv, {len(self.tensors)} tensors)"
+        n_kv, n_t = len(self.metadata), len(self.tensors)
+        return f"GGUFFile({str(self.path)!r}, v{self.version}, {n_kv} kv, {n_t} tensors)"
