@@ -32,7 +32,13 @@ class Arch:
         return self.backend == "cuda" and self.name == "sm90"
 
 
-_SHARED = {"sm90": 227 * 1024, "sm80": 163 * 1024, "gfx942": 64 * 1024, "gfx90a": 64 * 1024, "gfx1100": 64 * 1024}
+_SHARED = {
+    "sm90": 227 * 1024,
+    "sm80": 163 * 1024,
+    "gfx942": 64 * 1024,
+    "gfx90a": 64 * 1024,
+    "gfx1100": 64 * 1024,
+}
 
 CPU = Arch("cpu", "cpu", 32, 64 * 1024)
 

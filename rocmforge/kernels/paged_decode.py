@@ -1,0 +1,259 @@
+"""Paged decode attention: one new query token per sequence over its paged K/V cache.
+
+For sequence s with L = seq_lens[s] cached tokens (the query sits at position p = L - 1) and query
+head h reading KV head g = h // G (G = Hq / Hkv):
+
+    s_j   = scale * q[s, h] . k[s, j, g]          (optionally softcap * tanh(s_j / softcap))
+    out   = sum_j softmax(s)_j v[s, j, g]          over j in [lo, L), lo = max(0, L - W) with a window W
+
+Split-K ("flash decoding"): [lo, L) is cut into `num_splits` chunks of whole BLOCK_N tiles; program
+(s, g, i) runs an online softmax over chunk i and writes, per query head, the partial max m_i (base 2),
+the partial sum l_i = sum exp2(t_j - m_i) and the unnormalised acc_i = sum exp2(t_j - m_i) v_j. The
+reduce kernel combines them: M = max_i m_i, out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i.
+An empty chunk leaves (m, l, acc) = (-inf, 0, 0) and drops out; a sequence with L = 0 gets zeros.
+
+GQA: a program owns one KV head and all G query heads reading it, so each K/V tile is loaded once and
+the scores are a (G, BLOCK_N) tensor-core product (G padded to 16 rows: the padding is free, decode is
+bound by K/V bytes). Token j lives in page block_tables[s, j // block_size] at offset j % block_size.
+Math is fp32; with bf16/fp16 caches the scores are bf16/fp16 tensor-core products with fp32
+accumulation and the probabilities are rounded to the cache dtype for P @ V, as in flash attention.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from rocmforge.kernels.arch import Arch, current_arch
+
+
+@triton.jit
+def _paged_decode_split_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, seq_lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
+    scale, softcap, window,
+    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_bts, stride_os, stride_oh,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    L = tl.load(seq_lens_ptr + seq)
+    lo = 0
+    if USE_WINDOW:
+        lo = tl.maximum(L - window, 0)
+    chunk = tl.cdiv(tl.cdiv(L - lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = lo + split * chunk
+    end = tl.minimum(start + chunk, L)
+
+    offs_g = tl.arange(0, GROUP_PAD)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_g = offs_g < GROUP
+    mask_d = offs_d < HEAD_DIM
+    heads = kvh * GROUP + offs_g  # (GROUP_PAD,)
+    q = tl.load(q_ptr + seq * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)  # (GROUP_PAD, BLOCK_D)
+    q = q.to(k_ptr.dtype.element_ty)
+
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
+    bt_row = bt_ptr + seq.to(tl.int64) * stride_bts
+    for n0 in range(start, end, BLOCK_N):
+        pos = n0 + offs_n
+        mask_n = pos < end
+        page = tl.load(bt_row + pos // PAGE, mask=mask_n, other=0).to(tl.int64)
+        tok = pos % PAGE
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr + (page * stride_kb + tok * stride_kt + kvh * stride_kh)[:, None] + offs_d[None, :],
+                    mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(v_ptr + (page * stride_vb + tok * stride_vt + kvh * stride_vh)[:, None] + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        if UPCAST:
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))  # (GROUP_PAD, BLOCK_N) fp32
+        s = s * scale
+        if USE_SOFTCAP:
+            # tanh(x) = 1 - 2 / (exp(2x) + 1), exact at +-inf, no libdevice call
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
+        s = tl.where(mask_n[None, :], s * 1.4426950408889634, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if UPCAST:  # same rounding of p as the tensor-core path, then exact fp32 products
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32),
+                                                input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    if NUM_SPLITS == 1:
+        o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+    else:
+        row = (seq * (GROUP * tl.num_programs(1)) + heads) * NUM_SPLITS + split  # (GROUP_PAD,)
+        tl.store(m_ptr + row, m_i, mask=mask_g)
+        tl.store(l_ptr + row, l_i, mask=mask_g)
+        tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc,
+                 mask=mask_g[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _paged_decode_reduce_kernel(
+    m_ptr, l_ptr, acc_ptr, out_ptr, stride_os, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_i = tl.arange(0, SPLITS_PAD)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_i = offs_i < NUM_SPLITS
+    mask_d = offs_d < HEAD_DIM
+    row = (seq * tl.num_programs(1) + head) * NUM_SPLITS + offs_i  # (SPLITS_PAD,)
+    m = tl.load(m_ptr + row, mask=mask_i, other=float("-inf"))
+    lsum = tl.load(l_ptr + row, mask=mask_i, other=0.0)
+    acc = tl.load(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :],
+                  mask=mask_i[:, None] & mask_d[None, :], other=0.0)  # (SPLITS_PAD, BLOCK_D)
+    m_max = tl.max(m, 0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max)  # empty splits: 2^-inf = 0
+    denom = tl.sum(w * lsum, 0)
+    o = tl.sum(w[:, None] * acc, 0) / tl.where(denom == 0.0, 1.0, denom)
+    tl.store(out_ptr + seq * stride_os + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty),
+             mask=mask_d)
+
+
+# ---- per-arch configs ---------------------------------------------------------------------------------
+
+def decode_config(arch: Arch, head_dim: int) -> dict:
+    """Tile of BLOCK_N tokens per step. NOTE: AMD's 64 KiB LDS holds K and V tiles for one stage of 32
+    tokens at D=256, so CDNA/RDNA use smaller tiles and a single-stage pipeline."""
+    big = head_dim > 128
+    if arch.backend == "cuda":
+        return dict(BLOCK_N=32 if big else 64, num_warps=4, num_stages=2 if big else 3)
+    if arch.backend == "hip":
+        return dict(BLOCK_N=16 if big else 32, num_warps=4, num_stages=1)
+    return dict(BLOCK_N=16, num_warps=4, num_stages=1)  # interpreter: small tiles exercise the loop
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_num_splits(num_seqs: int, num_kv_heads: int, max_len: int, num_sms: int, block_n: int) -> int:
+    """About 4 (seq, kv_head, split) programs per SM, rounded down (whole waves: on an H200 B32 L4k ran
+    4.2 TB/s with 2 splits, 3.6 with 3), never a split shorter than one tile, at most 64."""
+    base = num_seqs * num_kv_heads
+    if base >= 2 * num_sms:
+        return 1
+    want = max(1, (4 * num_sms) // base)
+    by_len = max(1, triton.cdiv(max_len, block_n))
+    return max(1, min(want, by_len, 64))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,  # (S, Hq, D)
+    k_cache: torch.Tensor,  # (num_blocks, block_size, Hkv, D)
+    v_cache: torch.Tensor,  # (num_blocks, block_size, Hkv, D)
+    block_tables: torch.Tensor,  # (S, max_blocks) int32
+    seq_lens: torch.Tensor,  # (S,) int32, >= 0; the query is at position seq_lens - 1
+    *,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    num_splits: int | None = None,
+    config: dict | None = None,  # override decode_config(): BLOCK_N, num_warps, num_stages (tuning)
+) -> torch.Tensor:  # (S, Hq, D) in q.dtype
+    """Decode attention over a paged cache; `num_splits` defaults to a choice from batch, heads, the
+    block table's capacity (an upper bound on length: no host sync) and the SM count."""
+    S, Hq, D = q.shape
+    NB, PAGE, Hkv, Dk = k_cache.shape
+    assert v_cache.shape == k_cache.shape and Dk == D, f"cache {tuple(k_cache.shape)} vs q {tuple(q.shape)}"
+    assert Hq % Hkv == 0, f"{Hq} query heads are not a multiple of {Hkv} KV heads"
+    assert q.dtype in (torch.float16, torch.bfloat16, torch.float32), q.dtype
+    assert k_cache.dtype == v_cache.dtype and k_cache.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    assert block_tables.dtype == torch.int32 and block_tables.shape[0] == S, "block_tables: (S, n) int32"
+    assert seq_lens.dtype == torch.int32 and seq_lens.shape == (S,), "seq_lens must be (S,) int32"
+    assert q.stride(2) == 1 and k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_dim not contiguous"
+    assert block_tables.stride(1) == 1
+    assert sliding_window is None or sliding_window > 0, "sliding_window must be positive"
+    cfg = config or decode_config(current_arch(q.device), D)
+    block_n = cfg["BLOCK_N"]
+    if num_splits is None:
+        max_len = block_tables.shape[1] * PAGE
+        if sliding_window is not None:
+            max_len = min(max_len, sliding_window)
+        num_splits = choose_num_splits(S, Hkv, max_len, _num_sms(q.device), block_n)
+    G = Hq // Hkv
+    out = torch.empty_like(q)
+    if num_splits > 1:
+        m = torch.empty(S, Hq, num_splits, dtype=torch.float32, device=q.device)
+        lsum = torch.empty_like(m)
+        acc = torch.empty(S, Hq, num_splits, D, dtype=torch.float32, device=q.device)
+    else:
+        m = lsum = acc = out  # unused: the split kernel writes the output directly
+    _paged_decode_split_kernel[(S, Hkv, num_splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, m, lsum, acc, out,
+        float(scale), float(softcap or 1.0), int(sliding_window or 0),
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=G, GROUP_PAD=max(16, triton.next_power_of_2(G)), HEAD_DIM=D,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), PAGE=PAGE, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
+        # NOTE: triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot, so on CPU
+        # the dots run in fp32 on upcast operands (bf16 x bf16 products are exact in fp32 anyway).
+        UPCAST=k_cache.dtype == torch.float32 or q.device.type == "cpu",
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if num_splits > 1:
+        _paged_decode_reduce_kernel[(S, Hq)](
+            m, lsum, acc, out, out.stride(0), out.stride(1),
+            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), NUM_SPLITS=num_splits,
+            SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
+        )
+    return out
+
+
+_SPLIT_SIG_INTS = ("scale", "softcap", "window", "stride_qs", "stride_qh", "stride_kb", "stride_kt",
+                   "stride_kh", "stride_vb", "stride_vt", "stride_vh", "stride_bts", "stride_os", "stride_oh")
+
+
+def aot_specs(arch: Arch) -> list[dict]:
+    """The configs launched on `arch`: bf16/fp16 caches, D in (64, 128, 256), page 16, G <= 16."""
+    specs = []
+    for dt in ("bf16", "fp16"):
+        for D in (64, 128, 256):
+            cfg = decode_config(arch, D)
+            sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
+            sig.update(bt_ptr="*i32", seq_lens_ptr="*i32", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32")
+            sig.update({n: "fp32" if n in ("scale", "softcap") else "i32" for n in _SPLIT_SIG_INTS})
+            const = dict(GROUP=4, GROUP_PAD=16, HEAD_DIM=D, BLOCK_D=D, PAGE=16, BLOCK_N=cfg["BLOCK_N"],
+                         NUM_SPLITS=8, USE_WINDOW=False, USE_SOFTCAP=False, UPCAST=False)
+            sig.update({n: "constexpr" for n in const})
+            sig = {n: sig[n] for n in _paged_decode_split_kernel.arg_names}  # argument order
+            specs.append(dict(name=f"paged_decode_split_{dt}_d{D}", fn=_paged_decode_split_kernel,
+                              signature=sig, constexprs=const, num_warps=cfg["num_warps"],
+                              num_stages=cfg["num_stages"]))
+            rsig = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": f"*{dt}",
+                    "stride_os": "i32", "stride_oh": "i32"}
+            rconst = dict(HEAD_DIM=D, BLOCK_D=D, NUM_SPLITS=8, SPLITS_PAD=8)
+            rsig.update({n: "constexpr" for n in rconst})
+            specs.append(dict(name=f"paged_decode_reduce_{dt}_d{D}", fn=_paged_decode_reduce_kernel,
+                              signature=rsig, constexprs=rconst, num_warps=4, num_stages=1))
+    return specs
+
+
+__all__ = ["paged_decode_attention", "choose_num_splits", "decode_config", "aot_specs"]
