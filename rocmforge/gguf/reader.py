@@ -97,7 +97,7 @@ class _Cursor:
             return self.scalar(vtype, what)
         if vtype == _STRING:
             return self.string(what)
-        if vtype == _ARRAY and depth == 0:
+        if vtype == _ARRAY and depth <= 1:
             etype = self.u32(f"element type of {what}")
             count = self.u64(f"length of {what}")
             if etype in _SCALARS:
@@ -113,6 +113,8 @@ class _Cursor:
                 self.need(count * 8, what)  # each element takes ≥ 8 bytes: bounds absurd counts
                 return [self.value(etype, f"{what}[{i}]", depth + 1) for i in range(count)]
             raise GGUFError(f"{self.path}: {what} has unknown array element type {etype}")
+        if vtype == _ARRAY:
+            raise GGUFError(f"{self.path}: {what} is an array nested more than two deep (not supported)")
         raise GGUFError(f"{self.path}: {what} has unknown value type {vtype} (corrupt file?)")
 
 
@@ -230,6 +232,20 @@ class GGUFFile:
 
         t = self.tensor(name)
         return dequantize(self.raw(name), t.qtype, t.shape)
+
+    def close(self) -> None:
+        """Unmap the file. Tensors from `load()` are copies and stay valid; while a `raw()` view is
+        alive the map cannot close and is left to the garbage collector."""
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+
+    def __enter__(self) -> GGUFFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         n_kv, n_t = len(self.metadata), len(self.tensors)
