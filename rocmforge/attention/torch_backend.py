@@ -1,0 +1,89 @@
+"""The "torch" attention backend: plain torch ops in float32, the CPU path and the GPU reference.
+
+Per layer: the new K/V rows go to their cache slots (`slot_mapping`), then each sequence's queries
+attend its keys (see attention/base.py for positions, causality and the window):
+
+    out_i = sum_j softmax_j(s_ij) v_j,   s_ij = scale * q_i . k_j   (softcap: c * tanh(s_ij / c))
+
+Keys come straight from this step's k/v when the sequence has nothing cached (prefill), otherwise
+from the cache through the block table, and only from the first key any query may see (window).
+GQA is done by index: the g = Hq / Hkv query heads that share KV head h are folded into h's query
+rows, (Hkv, g * q_len, D), so K/V are never replicated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import AttentionBackend, AttentionMetadata
+
+
+def _gather(cache: torch.Tensor, table: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """cache (num_blocks, block_size, H, D), table (max_blocks,) -> positions [start, end) as (n, H, D)."""
+    bs = cache.shape[1]
+    first, last = start // bs, -(-end // bs)
+    rows = cache[table[first:last].long()].flatten(0, 1)  # ((last - first) * bs, H, D)
+    return rows[start - first * bs : end - first * bs]
+
+
+def _attend(q, k, v, *, first_key: int, scale: float, window: int | None, softcap: float | None):
+    """q (L, Hq, D) at positions P-L..P-1, k/v (S, Hkv, D) at positions first_key..P-1 -> (L, Hq, D)."""
+    L, hq, d = q.shape
+    S, hkv, dv = v.shape
+    g = hq // hkv
+    qf = q.float().view(L, hkv, g, d).permute(1, 2, 0, 3).reshape(hkv, g * L, d)  # (Hkv, g*L, D)
+    kf, vf = k.float().transpose(0, 1), v.float().transpose(0, 1)  # (Hkv, S, D)
+    mask = None
+    if L > 1:  # NOTE: a lone query sees every key: forward() gathers from the window's first key
+        p = torch.arange(first_key + S - L, first_key + S, device=q.device)[:, None]  # (L, 1) query positions
+        j = torch.arange(first_key, first_key + S, device=q.device)[None, :]  # (1, S) key positions
+        allowed = j <= p
+        if window is not None:
+            allowed &= j > p - window
+        mask = allowed.repeat(g, 1)  # (g*L, S), row gi*L + l is query l of head gi
+    if softcap is None:
+        out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)  # (Hkv, g*L, Dv)
+    else:
+        s = (qf @ kf.transpose(1, 2)) * scale  # (Hkv, g*L, S)
+        s = softcap * torch.tanh(s / softcap)
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        out = torch.softmax(s, dim=-1) @ vf
+    return out.view(hkv, g, L, dv).permute(2, 0, 1, 3).reshape(L, hq, dv)
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def forward(
+        self,
+        q: torch.Tensor,  # (T, Hq, D)
+        k: torch.Tensor,  # (T, Hkv, D)
+        v: torch.Tensor,  # (T, Hkv, Dv)
+        kv_cache: tuple[torch.Tensor, torch.Tensor],  # (num_blocks, block_size, Hkv, D) each
+        meta: AttentionMetadata,
+        *,
+        scale: float,
+        sliding_window: int | None = None,
+        softcap: float | None = None,
+    ) -> torch.Tensor:  # (T, Hq, Dv)
+        k_cache, v_cache = kv_cache
+        k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
+        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
+        out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+        start = 0
+        for s, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            end = start + q_len
+            if q_len == seq_len:  # nothing cached before: this step's k/v are the whole sequence
+                first, ks, vs = 0, k[start:end], v[start:end]
+            else:
+                first = 0 if sliding_window is None else max(0, seq_len - q_len - sliding_window + 1)
+                table = meta.block_tables[s]
+                ks = _gather(k_cache, table, first, seq_len)
+                vs = _gather(v_cache, table, first, seq_len)
+            o = _attend(q[start:end], ks, vs, first_key=first, scale=scale, window=sliding_window,
+                        softcap=softcap)  # fmt: skip
+            out[start:end] = o.to(out.dtype)
+            start = end
+        return out

@@ -1,0 +1,32 @@
+"""Paged KV cache tensors: per layer a (k, v) pair, each (num_blocks, block_size, num_kv_heads, head_dim).
+
+Which blocks belong to which sequence is the block manager's business (pure Python, integer ids);
+this module only allocates the storage and says how big it is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig
+
+
+def kv_cache_bytes(config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of the whole cache: layers x (K + V) x blocks x block_size x Hkv x D x itemsize."""
+    per_token = config.num_kv_heads * (config.head_dim + config.v_head_dim) * dtype.itemsize
+    return config.num_layers * num_blocks * block_size * per_token
+
+
+def allocate_kv_cache(
+    config: ModelConfig, num_blocks: int, block_size: int, *,
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Zeroed caches, one (k, v) pair per layer: (num_blocks, block_size, Hkv, D) each."""
+    if num_blocks < 1 or block_size < 1:
+        raise ValueError(f"num_blocks ({num_blocks}) and block_size ({block_size}) must be >= 1")
+    shape_k = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+    shape_v = (num_blocks, block_size, config.num_kv_heads, config.v_head_dim)
+    return [
+        (torch.zeros(shape_k, device=device, dtype=dtype), torch.zeros(shape_v, device=device, dtype=dtype))
+        for _ in range(config.num_layers)
+    ]

@@ -1,0 +1,267 @@
+"""The generation loop: requests in, tokens and text out, over the scheduler and the paged KV cache.
+
+One step (STYLE rule 7):
+
+    plan = scheduler.schedule()           # which sequences run, which tokens, which blocks
+    logits = self._execute(plan)          # one flat forward over every scheduled token
+    out = sample(logits)                  # n draws on a request's first sample (it forks), else 1
+    scheduler.update(plan, out)           # append tokens; EOS / stop ids / max_tokens / context end
+    detokenize + stop strings             # a stop string found -> scheduler.stop_sequence
+
+Prefill and decode are the same path: a prefill entry runs the prompt (or a chunk of it), a decode
+entry one token; several sequences share each forward. Prompt logprobs come from one separate
+forward over the whole prompt into a scratch cache (logits at every position), so they are exact
+whatever the scheduler reuses from its prefix cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..attention.metadata import build_metadata
+from ..cache.kv_cache import allocate_kv_cache
+from ..config import ModelConfig
+from ..sampling_params import SamplingParams
+from .outputs import CompletionOutput, IncrementalText, RequestOutput
+from .plan import SchedulePlan, StepOutput
+from .sampler import Sampler, SamplingRow, seeded_generator, top_logprobs
+from .scheduler import Scheduler, SchedulerConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_model_len: int  # prompt + output tokens at most
+    block_size: int = 16  # token slots per KV block
+    kv_cache_tokens: int = 16384  # KV cache capacity in tokens (at least max_model_len)
+    max_num_seqs: int = 64  # sequences decoding together
+    max_num_batched_tokens: int = 2048  # tokens in one forward (longer prompts are prefilled in chunks)
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class _Sample:
+    """One of a request's n samples, as the engine sees it."""
+
+    index: int
+    text: IncrementalText
+    decoder: object  # the tokenizer's stream decoder: push(id) -> str, flush() -> str
+    generator: torch.Generator | None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    samples: list[_Sample]
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.samples)
+
+
+class LLMEngine:
+    """Runs requests to completion on one model; `LLM` (rocmforge/llm.py) is the friendly front."""
+
+    def __init__(self, model, tokenizer, model_config: ModelConfig, config: EngineConfig, *,
+                 device: torch.device, dtype: torch.dtype, seed: int | None = None):
+        self.model, self.tokenizer, self.model_config, self.config = model, tokenizer, model_config, config
+        self.device, self.dtype = torch.device(device), dtype
+        bs = config.block_size
+        num_blocks = -(-max(config.kv_cache_tokens, config.max_model_len) // bs)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=max(config.max_num_batched_tokens, config.max_num_seqs),
+            block_size=bs,
+            num_blocks=num_blocks,
+            max_model_len=config.max_model_len,
+            enable_prefix_caching=config.enable_prefix_caching,
+        ))  # fmt: skip
+        self.kv_caches = self._allocate(num_blocks)
+        self.sampler = Sampler(seed)
+        self.eog_ids = frozenset(int(t) for t in tokenizer.eog_ids)
+        self._requests: dict[str, _Request] = {}
+        self._seq_of: dict[tuple[str, int], int] = {}  # (request_id, sample index) -> live seq_id
+        self._ids = itertools.count()
+
+    def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # NOTE: zeros are lazily backed on CPU: untouched cache pages cost no memory.
+        return allocate_kv_cache(self.model_config, num_blocks, self.config.block_size,
+                                 device=self.device, dtype=self.dtype)
+
+    # ---- requests -----------------------------------------------------------------------------
+    def check_prompt(self, prompt_ids: list[int]) -> None:
+        n, limit = len(prompt_ids), self.config.max_model_len
+        if n == 0:
+            raise ValueError("the prompt is empty (0 tokens); give at least one token")
+        if n > limit:
+            raise ValueError(
+                f"the prompt has {n} tokens but the context holds {limit} (max_model_len); "
+                f"shorten the prompt, or raise max_model_len if the model's context allows it"
+            )
+        V = self.model_config.vocab_size
+        bad = [t for t in prompt_ids if not 0 <= t < V]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (size {V})")
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, *, prompt: str | None = None) -> str:
+        """Queue one request; returns its id. Raises ValueError on a prompt that cannot run."""
+        prompt_ids = [int(t) for t in prompt_ids]
+        self.check_prompt(prompt_ids)
+        params.check_vocab(self.model_config.vocab_size)
+        if params.n > self.config.max_num_seqs:
+            raise ValueError(f"SamplingParams.n={params.n} exceeds max_num_seqs ({self.config.max_num_seqs})")
+        rid = str(next(self._ids))
+        samples = [
+            _Sample(
+                index=i,
+                text=IncrementalText(params.stop_strings, params.include_stop_str_in_output),
+                decoder=self._stream_decoder(params),
+                generator=None if params.seed is None else seeded_generator(params.seed, i),
+            )
+            for i in range(params.n)
+        ]
+        req = _Request(rid, prompt, prompt_ids, params, samples)
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.prompt_logprobs)
+        seq = self.scheduler.add_request(rid, prompt_ids, params, eos_token_ids=self.eog_ids)
+        self._requests[rid] = req
+        self._seq_of[(rid, 0)] = seq.seq_id
+        return rid
+
+    def _stream_decoder(self, params: SamplingParams):
+        try:
+            return self.tokenizer.stream_decoder(skip_special=params.skip_special_tokens)
+        except TypeError:  # a tokenizer whose decoder takes no options
+            return self.tokenizer.stream_decoder()
+
+    def has_unfinished(self) -> bool:
+        return any(not r.finished for r in self._requests.values())
+
+    def output(self, rid: str) -> RequestOutput:
+        req = self._requests[rid]
+        want_lp = req.params.logprobs is not None
+        outs = [
+            CompletionOutput(
+                index=s.index,
+                text=s.text.text,
+                token_ids=list(s.token_ids),
+                finish_reason=s.finish_reason,
+                stop_reason=s.stop_reason,
+                logprobs=list(s.logprobs) if want_lp else None,
+                cumulative_logprob=sum(lp[t] for lp, t in zip(s.logprobs, s.token_ids)) if want_lp else None,
+            )
+            for s in req.samples
+        ]
+        return RequestOutput(rid, req.prompt, list(req.prompt_ids), outs, req.prompt_logprobs, req.finished)
+
+    def abort(self, rid: str) -> None:
+        """Forget a request: stop its unfinished samples and free their blocks (a no-op if gone)."""
+        if self._requests.pop(rid, None) is not None:
+            self.scheduler.abort(rid)
+            self._seq_of = {k: v for k, v in self._seq_of.items() if k[0] != rid}
+
+    def delta(self, rid: str, index: int = 0) -> str:
+        """Streamable new text of one sample since the last call (all of it once finished)."""
+        s = self._requests[rid].samples[index]
+        return s.text.delta(final=s.finish_reason is not None)
+
+    def run(self, rids: list[str]) -> Iterator[None]:
+        """Step until every request in `rids` has finished; yields after each step."""
+        while not all(self._requests[r].finished for r in rids):
+            self.step()
+            yield
+
+    # ---- one step -----------------------------------------------------------------------------
+    def step(self) -> None:
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            raise RuntimeError("the scheduler had nothing to run although requests are pending")
+        logits = self._execute(plan)  # (num sampled entries, V)
+        rows, owners, row_of = [], [], []
+        for r, e in enumerate(x for x in plan.seqs if x.sample):
+            seq = self.scheduler.get_sequence(e.seq_id)
+            req = self._requests[seq.request_id]
+            for k in range(e.num_samples):
+                smp = req.samples[seq.sample_index + k]
+                rows.append(SamplingRow(req.params, req.prompt_ids, smp.token_ids, smp.generator,
+                                        self._banned(req.params, len(smp.token_ids))))
+                owners.append((e.seq_id, req, smp))
+                row_of.append(r)
+        res = self.sampler(logits[row_of], rows)
+        drawn: dict[int, list[int]] = {}
+        for (sid, _, _), tok in zip(owners, res.token_ids):
+            drawn.setdefault(sid, []).append(tok)
+        finished = self.scheduler.update(plan, StepOutput({k: tuple(v) for k, v in drawn.items()}))
+        done = {(s.request_id, s.sample_index): s for s in finished}
+        for s in self.scheduler.running:  # forks born in this update
+            self._seq_of.setdefault((s.request_id, s.sample_index), s.seq_id)
+        for (_, req, smp), tok, lp in zip(owners, res.token_ids, res.logprobs):
+            self._advance(req, smp, tok, lp, done.get((req.request_id, smp.index)))
+
+    def _banned(self, params: SamplingParams, num_out: int) -> tuple[int, ...]:
+        if num_out >= params.min_tokens:
+            return ()
+        return tuple(sorted(set(params.stop_ids) | (set() if params.ignore_eos else set(self.eog_ids))))
+
+    def _advance(self, req: _Request, smp: _Sample, tok: int, lp: dict[int, float] | None, seq) -> None:
+        """Record one sampled token: logprobs, text, stop strings, finish reason."""
+        smp.token_ids.append(tok)
+        if lp is not None:
+            smp.logprobs.append(lp)
+        key = (req.request_id, smp.index)
+        stop_token = seq is not None and seq.finish_reason == "stop" and seq.stop_reason != "stop_string"
+        if not stop_token or req.params.include_stop_str_in_output:
+            hit = smp.text.append(smp.decoder.push(tok))
+        else:
+            hit = False
+        if seq is not None and not hit:  # finished by the scheduler: EOS, stop id, max_tokens, context end
+            smp.text.append(smp.decoder.flush())
+            smp.finish_reason, smp.stop_reason = seq.finish_reason, seq.stop_reason
+        elif hit:  # a stop string wins over a length limit reached by the same token
+            smp.finish_reason, smp.stop_reason = "stop", smp.text.matched
+            if seq is None:
+                self.scheduler.stop_sequence(self._seq_of[key], "stop_string")
+        if smp.finish_reason is not None:
+            self._seq_of.pop(key, None)
+
+    # ---- the forward --------------------------------------------------------------------------
+    def _forward(self, seqs: list[tuple[list[int], int]], block_tables: list[list[int]], kv_caches,
+                 logits: str) -> torch.Tensor:
+        """seqs: (new token ids, start position) per sequence -> logits ("last": (S, V), "all": (T, V))."""
+        dev = self.device
+        meta = build_metadata([len(t) for t, _ in seqs], [p for _, p in seqs], block_tables,
+                              self.config.block_size, kv_caches, dev, logits=logits)
+        ids = [t for toks, _ in seqs for t in toks]
+        pos = [p for toks, start in seqs for p in range(start, start + len(toks))]
+        with torch.inference_mode():
+            return self.model(torch.tensor(ids, dtype=torch.int64, device=dev),
+                              torch.tensor(pos, dtype=torch.int64, device=dev), meta)
+
+    def _execute(self, plan: SchedulePlan) -> torch.Tensor:  # (num sampled entries, V)
+        for src, dst in plan.block_copies:  # copy-on-write of blocks shared by forked samples
+            for k, v in self.kv_caches:
+                k[dst].copy_(k[src])
+                v[dst].copy_(v[src])
+        logits = self._forward([(list(e.token_ids), e.start_pos) for e in plan.seqs],
+                               [list(e.block_table) for e in plan.seqs], self.kv_caches, "last")  # (S, V)
+        rows = [i for i, e in enumerate(plan.seqs) if e.sample]
+        return logits if len(rows) == len(plan.seqs) else logits[rows]
+
+    def _prompt_logprobs(self, prompt_ids: list[int], k: int) -> list[dict[int, float] | None]:
+        """[None, lp(t_1 | t_0), lp(t_2 | t_0 t_1), ...]: top-k of each position plus the actual token."""
+        bs, T = self.config.block_size, len(prompt_ids)
+        nb = -(-T // bs)
+        scratch = self._allocate(nb)
+        logits = self._forward([(prompt_ids, 0)], [list(range(nb))], scratch, "all").float().cpu()  # (T, V)
+        return [None] + [top_logprobs(logits[i], k, prompt_ids[i + 1]) for i in range(T - 1)]

@@ -1,0 +1,170 @@
+"""Fused GGUF dequant-matmul: out (M, N) = x (M, K) @ W^T with W (N, K) block-quantized.
+
+    out[m, n] = Σ_k x[m, k] · w[n, k],   w = dequant(planes)  (dequant.py, exact in fp32)
+
+Three paths, all accumulating in fp32:
+
+- "gemv" (M ≤ 8, the decode hot path): quant_gemv.py, 16-byte quant vectors per lane decoded with
+  integer tricks and per-vector scales, one cross-lane reduction after the K loop.
+- "gemm" (9 ≤ M ≤ 16): a (BM, BN) output tile; per step the (BN, 2P) weight tile is decoded with
+  `dequant_tile`, cast to x's dtype and fed to tl.dot (tensor cores) with the matching columns of x.
+- "dequant_mm": dequantize W to x's dtype, then torch.matmul (cuBLAS / hipBLASLt).
+
+`choose_path(M, arch)` picks from measurements (benchmarks/notes_quant_matmul.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rocmforge.kernels import quant_gemv
+from rocmforge.kernels.arch import Arch, current_arch
+from rocmforge.kernels.dequant import dequant_tile, dequantize_planes, plane_strides
+from rocmforge.kernels.quant_gemv import GEMV_MAX_M, qgemv
+from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, group_bytes, qtype_code
+from rocmforge.kernels.quant_layouts import split_planes as _split_planes
+
+__all__ = ["GEMV_MAX_M", "choose_path", "qgemm", "qgemv", "quant_matmul"]
+
+
+@triton.jit
+def _qgemm_kernel(x_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, M, N, n_groups,
+                  stride_xm, stride_om, stride_q, stride_h, stride_d, stride_sc,
+                  QTYPE: tl.constexpr, NG: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+                  BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program → one (BM, BN) tile of out, programs ordered GROUP_M tiles down first (L2 reuse of W)."""
+    pid = tl.program_id(0)
+    n_pid_m = tl.cdiv(M, BM)
+    n_pid_n = tl.cdiv(N, BN)
+    first_m = (pid // (GROUP_M * n_pid_n)) * GROUP_M
+    size_m = tl.minimum(n_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * n_pid_n)) % size_m
+    pid_n = (pid % (GROUP_M * n_pid_n)) // size_m
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    lanes = tl.arange(0, G)[None, :]
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm  # (BM, 1)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for gg0 in range(0, n_groups, NG):
+        w0, w1 = dequant_tile(q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, stride_q, stride_h, stride_d, stride_sc,
+                              offs_n, mask_n, gg0, n_groups, QTYPE, NG, G)  # 2 × (BN, NG, G)
+        w0 = tl.reshape(w0, (BN, NG * G)).to(x_ptr.dtype.element_ty)
+        w1 = tl.reshape(w1, (BN, NG * G)).to(x_ptr.dtype.element_ty)
+        gg = gg0 + tl.arange(0, NG)[:, None]
+        k0 = tl.reshape(gg * (2 * G) + lanes, (NG * G,))  # (P,) columns of plane 0
+        mk = tl.reshape((gg < n_groups) & (lanes >= 0), (NG * G,))
+        xmask = mask_m[:, None] & mk[None, :]
+        x0 = tl.load(x_rows + k0[None, :], mask=xmask, other=0)  # (BM, P)
+        x1 = tl.load(x_rows + k0[None, :] + G, mask=xmask, other=0)
+        acc = tl.dot(x0, tl.trans(w0), acc)
+        acc = tl.dot(x1, tl.trans(w1), acc)
+    o = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# ---------------------------------------------------------------- per-arch configs and path choice
+_DTYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+# NOTE: BM=64/128 tiles measured 20 TFLOP/s on an H200 (vs 450 for dequant + cuBLAS) and spill on
+# sm90/gfx942, so only the BM=16 tile ships; M > 16 goes through dequant_mm.
+_GEMM_BMS = (16,)
+
+
+def gemm_config(arch: Arch, qtype: str, bm: int) -> dict:
+    """(BM, 64) output tile, K step 2·64 columns; LDS-bound AMD parts pipeline 2 deep.
+    NOTE: BN=128 at BM=128 spills (two decoded fp32 weight planes + the accumulator) on sm90/gfx942."""
+    g = group_bytes(qtype)
+    stages = 3 if arch.backend == "cuda" else 2
+    bn = 64
+    warps = 8 if bm == 128 and not arch.is_rdna else 4
+    if qtype == "Q6_K":
+        # NOTE: its per-element high-bit/scale gathers keep 64-bit pointer tiles live: BN=64 or a
+        # 2-stage pipeline spills on every target (AOT check); (16 × 128) over 8 warps fits all five.
+        bn, stages, warps = 16, 1, 8
+    return dict(BM=bm, BN=bn, NG=64 // g, G=g, GROUP_M=8, num_warps=warps, num_stages=stages)
+
+
+def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
+    """"gemv" | "gemm" | "dequant_mm" for M rows of x, from H200 measurements (notes_quant_matmul.md):
+    the GEMV to M = 8, the BM=16 GEMM for 9..16, dequant + cuBLAS above 16.
+    AMD is unmeasured: it gets the same crossovers."""
+    if m <= GEMV_MAX_M:
+        return "gemv"
+    return "gemm" if m <= 16 else "dequant_mm"
+
+
+def _signature(qtype: str, x_tt: str) -> dict:
+    from rocmforge.kernels.quant_layouts import plane_dtypes
+
+    sig = {"x_ptr": x_tt, **plane_dtypes(qtype), "out_ptr": x_tt, "M": "i32", "N": "i32", "n_groups": "i32"}
+    strides = ("stride_xm", "stride_om", "stride_q", "stride_h", "stride_d", "stride_sc")
+    sig.update({s: "i32" for s in strides})
+    sig.update({c: "constexpr" for c in ("QTYPE", "NG", "G", "BM", "BN", "GROUP_M")})
+    return sig
+
+
+def aot_specs(arch: Arch) -> list[dict]:
+    """Every GEMV (quant_gemv.aot_specs) and GEMM (per BM) config this arch launches."""
+    specs = quant_gemv.aot_specs(arch)
+    for name in QTYPE_NAMES:
+        for x_tt in _DTYPES.values():
+            for bm in _GEMM_BMS:
+                c = gemm_config(arch, name, bm)
+                specs.append(dict(
+                    name=f"qgemm_{name.lower()}_bm{bm}_{x_tt[1:]}", fn=_qgemm_kernel,
+                    signature=_signature(name, x_tt),
+                    constexprs=dict(QTYPE=qtype_code(name), NG=c["NG"], G=c["G"], BM=bm, BN=c["BN"],
+                                    GROUP_M=c["GROUP_M"]),
+                    num_warps=c["num_warps"], num_stages=c["num_stages"]))
+    return specs
+
+
+# ---------------------------------------------------------------- launchers
+def _check(x: torch.Tensor, w: QuantWeight) -> None:
+    if x.dim() != 2 or x.shape[1] != w.k:
+        raise ValueError(f"quant_matmul: x must be (M, {w.k}) for a {w.qtype} weight ({w.n_out}, {w.k}), "
+                         f"got {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"quant_matmul: x must be float16 or bfloat16, got {x.dtype}")
+    if x.stride(1) != 1 or x.device != w.q.device:
+        raise ValueError("quant_matmul: x must be row-contiguous and on the weight's device")
+
+
+def qgemm(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
+    """x (M, K) -> (M, N) in x's dtype, through the tensor-core GEMM kernel."""
+    _check(x, w)
+    m = x.shape[0]
+    bm = next(b for b in _GEMM_BMS if m <= b or b == _GEMM_BMS[-1])  # larger M loops over BM tiles
+    c = gemm_config(current_arch(x.device), w.qtype, bm)
+    out = torch.empty(m, w.n_out, dtype=x.dtype, device=x.device)  # (M, N)
+    grid = (triton.cdiv(m, bm) * triton.cdiv(w.n_out, c["BN"]),)
+    _qgemm_kernel[grid](
+        x, *w.planes(), out, m, w.n_out, w.n_groups, x.stride(0), out.stride(0), *plane_strides(w),
+        QTYPE=qtype_code(w.qtype), NG=c["NG"], G=c["G"], BM=bm, BN=c["BN"], GROUP_M=c["GROUP_M"],
+        num_warps=c["num_warps"], num_stages=c["num_stages"])
+    return out
+
+
+def quant_matmul(x: torch.Tensor, w: QuantWeight | torch.Tensor, qtype: str | None = None,
+                 n_out: int | None = None, *, path: str | None = None) -> torch.Tensor:
+    """x (M, K) fp16/bf16 @ W^T -> (M, N) in x's dtype.
+
+    `w` is a QuantWeight (split once at load time with quant_layouts.split_planes) or raw GGUF bytes
+    (N, row_bytes) uint8 with `qtype` and `n_out` (then split on every call: a copy of W).
+    `path` forces "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides."""
+    if not isinstance(w, QuantWeight):
+        if qtype is None or n_out is None:
+            raise ValueError("quant_matmul: raw weight bytes need qtype= and n_out=")
+        w = _split_planes(w, qtype, n_out, x.shape[1])
+    _check(x, w)
+    path = path or choose_path(x.shape[0], current_arch(x.device), w.qtype)
+    if path == "gemv":
+        return qgemv(x, w)
+    if path == "gemm":
+        return qgemm(x, w)
+    if path == "dequant_mm":
+        return x @ dequantize_planes(w, x.dtype).T
+    raise ValueError(f"quant_matmul: path must be gemv, gemm or dequant_mm, got {path!r}")

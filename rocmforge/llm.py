@@ -1,0 +1,191 @@
+"""`LLM`: the Python API, vLLM-shaped.
+
+    from rocmforge import LLM, SamplingParams
+    llm = LLM("smollm2")                                   # a short name or a .gguf path; None = smollm2
+    out = llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=8))
+    print(out[0].outputs[0].text)
+    llm.chat([{"role": "user", "content": "Hi!"}])         # the model's own chat template
+    for delta in llm.stream("Once upon a time", SamplingParams(max_tokens=32)):
+        print(delta, end="", flush=True)
+
+Text prompts are tokenized like llama.cpp (BOS per the file's metadata, special-token text such as
+"<|im_start|>" parsed as the special token). Chat prompts are rendered with the file's template and
+tokenized without adding BOS again (the template writes any BOS it wants), like transformers'
+`apply_chat_template`. A model without a template raises ValueError from `chat`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .config import ModelConfig
+from .engine.llm_engine import EngineConfig, LLMEngine
+from .engine.outputs import RequestOutput
+from .gguf.chat_template import ChatTemplate
+from .gguf.reader import GGUFFile
+from .gguf.tokenizer import GGUFTokenizer
+from .hub import resolve_model
+from .models import load_model
+from .sampling_params import SamplingParams
+
+logger = logging.getLogger("rocmforge")
+
+Message = dict[str, str]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda when torch sees a GPU (ROCm builds included), else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use device='cpu' or 'auto'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {str(device)!r}")
+    return dev
+
+
+class LLM:
+    """One model, its tokenizer and chat template, and a generation engine over a paged KV cache."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        max_model_len: int | None = None,
+        seed: int | None = None,
+        kv_cache_tokens: int | None = None,
+        attention_backend: str = "torch",
+    ):
+        self.path = resolve_model(model)
+        self.gguf = GGUFFile(self.path)
+        self.model_config = cfg = ModelConfig.from_gguf(self.gguf)
+        md = self.gguf.metadata
+        self.tokenizer = GGUFTokenizer.from_metadata(md)
+        tok = self.tokenizer
+        self.chat_template = ChatTemplate.from_metadata(md)  # None when the file has no template
+        if max_model_len is None:
+            max_model_len = cfg.context_length
+        if not 1 <= max_model_len <= cfg.context_length:
+            raise ValueError(f"max_model_len must be between 1 and the model's context "
+                             f"({cfg.context_length}), got {max_model_len}")
+        self.device = resolve_device(device)
+        self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        logger.info("rocmforge: %s on %s (%s, %s attention)", self.path.name, self.device, self.dtype,
+                    attention_backend)  # fmt: skip
+        self.model = load_model(self.gguf, cfg, device=self.device, dtype=self.dtype,
+                                attention_backend=attention_backend)  # fmt: skip
+        econf = EngineConfig(max_model_len=max_model_len,
+                             kv_cache_tokens=kv_cache_tokens or max(max_model_len, 16384))  # fmt: skip
+        self.engine = LLMEngine(self.model, tok, cfg, econf, device=self.device, dtype=self.dtype, seed=seed)
+        self.last_output: RequestOutput | None = None  # set by stream() when a stream completes
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.config.max_model_len
+
+    # ---- text <-> ids ----------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        return self.tokenizer.decode(list(ids), skip_special=skip_special)
+
+    def render_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        if self.chat_template is None:
+            raise ValueError(f"{self.path.name} has no chat template (no tokenizer.chat_template in its "
+                             f"metadata); use generate() with a raw prompt instead")  # fmt: skip
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    # ---- generation ------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: str | list[str] | list[int] | list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order; all prompts run together (batched decode)."""
+        items = self._prompts(prompts)
+        return self._run(items, self._params(params, len(items)))
+
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Apply the chat template to one conversation (a list of {role, content}) or to several."""
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        items = []
+        for conv in convs:
+            text = self.render_chat(conv, add_generation_prompt)
+            items.append((text, self.tokenize(text, add_special=False)))
+        return self._run(items, self._params(params, len(items)))
+
+    def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield text deltas of one completion as they are generated (n must be 1)."""
+        (text, ids), = self._prompts(prompt if isinstance(prompt, str) else [prompt])
+        params = params or SamplingParams()
+        if params.n != 1:
+            raise ValueError(f"stream() generates one sequence; got SamplingParams.n={params.n}")
+        rid = self.engine.add_request(ids, params, prompt=text)
+        try:
+            for _ in self.engine.run([rid]):
+                if d := self.engine.delta(rid):
+                    yield d
+            if d := self.engine.delta(rid):
+                yield d
+            self.last_output = self.engine.output(rid)
+        finally:
+            self.engine.abort(rid)
+
+    def stream_chat(self, messages: list[Message], params: SamplingParams | None = None) -> Iterator[str]:
+        """stream() for one conversation rendered with the chat template."""
+        text = self.render_chat(messages)
+        ids = self.tokenize(text, add_special=False)
+        yield from self.stream(ids, params)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _prompts(self, prompts) -> list[tuple[str | None, list[int]]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        elif prompts and all(isinstance(t, int) for t in prompts):
+            prompts = [list(prompts)]
+        if not isinstance(prompts, list | tuple) or not prompts:
+            raise ValueError("prompts must be a string, a list of strings, or a list of token id lists")
+        out = []
+        for p in prompts:
+            if isinstance(p, str):
+                out.append((p, self.tokenize(p)))
+            elif isinstance(p, list | tuple) and all(isinstance(t, int) for t in p):
+                out.append((None, list(p)))
+            else:
+                raise ValueError(f"a prompt must be a string or a list of token ids, got {type(p).__name__}")
+        return out
+
+    @staticmethod
+    def _params(params, n: int) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams()] * n
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        if len(params) != n:
+            raise ValueError(f"got {len(params)} SamplingParams for {n} prompts; give one, or one per prompt")
+        return list(params)
+
+    def _run(self, items, params: list[SamplingParams]) -> list[RequestOutput]:
+        for (_, ids), sp in zip(items, params):  # validate everything before queueing anything
+            self.engine.check_prompt(ids)
+            sp.check_vocab(self.model_config.vocab_size)
+        rids = [self.engine.add_request(ids, sp, prompt=text) for (text, ids), sp in zip(items, params)]
+        try:
+            for _ in self.engine.run(rids):
+                pass
+            return [self.engine.output(r) for r in rids]
+        finally:
+            for r in rids:
+                self.engine.abort(r)

@@ -1,0 +1,116 @@
+"""Shared decoder blocks: a pre-norm attention + gated-FFN layer and the causal LM around it.
+
+Attribute names are the GGUF tensor names (`token_embd`, `blk.{i}.attn_q`, `output_norm`, ...), so
+`state_dict()` keys are exactly the file's tensor names and loading is a strict name match.
+
+    h = embed(ids)
+    per layer:  h = h + attn_output(Attn(rope(attn_q(n)), rope(attn_k(n)), attn_v(n))),  n = attn_norm(h)
+                h = h + ffn_down(act(ffn_gate(n)) * ffn_up(n)),                      n = ffn_norm(h)
+    logits = output(output_norm(h))           (output = token_embd when the file ties them)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention.base import AttentionBackend, AttentionMetadata
+from ..config import ModelConfig
+from ..layers.attention import PagedAttention
+from ..layers.embedding import Embedding, Vector
+from ..layers.linear import Linear
+from ..layers.norm import RMSNorm
+from ..layers.rotary import RotaryEmbedding
+
+
+class DecoderLayer(nn.Module):
+    QKV_BIAS = False  # Qwen2 sets True: attn_q/k/v carry biases
+
+    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend):
+        super().__init__()
+        c = config
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.v_head_dim = c.v_head_dim
+        self.rope_key = "local" if c.layer_sliding[layer_idx] and c.rope_local_base is not None else "global"
+        self.attn_norm = RMSNorm(c.hidden_size, c.rms_eps)
+        self.attn_q = Linear(c.hidden_size, c.num_heads * c.head_dim, bias=self.QKV_BIAS)
+        self.attn_k = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=self.QKV_BIAS)
+        self.attn_v = Linear(c.hidden_size, c.num_kv_heads * c.v_head_dim, bias=self.QKV_BIAS)
+        self.attn_output = Linear(c.num_heads * c.v_head_dim, c.hidden_size)
+        self.ffn_norm = RMSNorm(c.hidden_size, c.rms_eps)
+        self.ffn_gate = Linear(c.hidden_size, c.ffn_size)
+        self.ffn_up = Linear(c.hidden_size, c.ffn_size)
+        self.ffn_down = Linear(c.ffn_size, c.hidden_size)
+        window = c.layer_window(layer_idx)
+        self.attn = PagedAttention(layer_idx, backend, scale=c.attn_scale, sliding_window=window,
+                                   softcap=c.attn_softcap)  # fmt: skip
+
+    def qk_norm(self, q: torch.Tensor, k: torch.Tensor):  # (T, Hq, D), (T, Hkv, D): none by default
+        return q, k
+
+    def act(self, gate: torch.Tensor) -> torch.Tensor:
+        return F.silu(gate)
+
+    def attention(self, x: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata):
+        """x (T, hidden) already normed -> (T, hidden)."""
+        T = x.shape[0]
+        q = self.attn_q(x).view(T, self.num_heads, self.head_dim)  # (T, Hq, D)
+        k = self.attn_k(x).view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = self.attn_v(x).view(T, self.num_kv_heads, self.v_head_dim)  # (T, Hkv, Dv)
+        q, k = self.qk_norm(q, k)
+        q, k = rope(q, *cos_sin), rope(k, *cos_sin)
+        o = self.attn(q, k, v, meta)  # (T, Hq, Dv)
+        return self.attn_output(o.reshape(T, self.num_heads * self.v_head_dim))
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:  # (T, hidden) -> (T, hidden)
+        return self.ffn_down(self.act(self.ffn_gate(x)) * self.ffn_up(x))
+
+    def forward(self, h: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata):
+        h = h + self.attention(self.attn_norm(h), rope, cos_sin, meta)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class CausalLM(nn.Module):
+    """A decoder-only LM over a flat batch: forward(input_ids (T,), positions (T,), meta) -> logits."""
+
+    layer_cls: type[DecoderLayer] = DecoderLayer
+
+    def __init__(self, config: ModelConfig, backend: AttentionBackend):
+        super().__init__()
+        c = self.config = config
+        self.token_embd = Embedding(c.vocab_size, c.hidden_size, scale=c.embed_scale)
+        self.blk = nn.ModuleList(self.layer_cls(c, i, backend) for i in range(c.num_layers))
+        self.output_norm = RMSNorm(c.hidden_size, c.rms_eps)
+        if not c.tied_embeddings:
+            self.output = Linear(c.hidden_size, c.vocab_size)
+        if c.rope_freq_factors:
+            self.rope_freqs = Vector(c.rope_dim // 2)  # llama3: per-frequency divisors
+        # NOTE: built on the CPU explicitly: load_model constructs the weights on the meta device.
+        ropes = {"global": RotaryEmbedding(c.rope_dim, c.rope_base, neox=c.rope_neox, scaling=c.rope_scaling,
+                                           device="cpu")}  # fmt: skip
+        if c.rope_local_base is not None:  # local layers: their own base, no context-extension scaling
+            ropes["local"] = RotaryEmbedding(c.rope_dim, c.rope_local_base, neox=c.rope_neox, device="cpu")
+        self.rope = nn.ModuleDict(ropes)
+
+    def head_weight(self) -> torch.Tensor:  # (vocab, hidden)
+        return self.token_embd.weight if self.config.tied_embeddings else self.output.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (T,) int64
+        positions: torch.Tensor,  # (T,) int64 position of each token in its sequence
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # (N, vocab) float32, N = len(meta.logits_indices) or T
+        factors = self.rope_freqs.weight if self.config.rope_freq_factors else None
+        cos_sin = {k: r.cos_sin(positions, factors if k == "global" else None) for k, r in self.rope.items()}
+        h = self.token_embd(input_ids)  # (T, hidden)
+        for layer in self.blk:
+            h = layer(h, self.rope[layer.rope_key], cos_sin[layer.rope_key], meta)
+        if meta.logits_indices is not None:
+            h = h[meta.logits_indices]  # (N, hidden): the norm and head are per row
+        logits = F.linear(self.output_norm(h), self.head_weight()).float()  # (N, vocab)
+        if self.config.final_softcap is not None:
+            c = self.config.final_softcap
+            logits = c * torch.tanh(logits / c)
+        return logits

@@ -1,0 +1,28 @@
+"""OpenAI-compatible HTTP server (FastAPI + uvicorn) over the AsyncEngine.
+
+The CLI hooks in without importing FastAPI until `serve` runs:
+
+    from rocmforge.server import add_serve_arguments, serve_main
+    add_serve_arguments(sub.add_parser("serve", help="OpenAI-compatible HTTP server"))
+    COMMANDS["serve"] = serve_main            # serve_main(args) -> exit status
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=None, help="a .gguf path or a short name (default: smollm2)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: the model's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--served-model-name", default=None, help="the model id clients name (default: -m)")
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    from .app import serve_main as _serve
+
+    return _serve(args)

@@ -1,0 +1,57 @@
+"""Ahead-of-time compile check: each kernel module's configs compile for every AMD/NVIDIA target
+with no register spills and no scratch/local memory. CPU only (no GPU needed). It runs aot.py in a
+subprocess without TRITON_INTERPRET (under the interpreter @triton.jit kernels cannot be compiled),
+in quick mode: the last (heaviest) config of each kernel function, so CI stays within minutes.
+
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton", reason="the AOT check compiles with Triton")
+
+from rocmforge.kernels import aot  # noqa: E402
+
+KNOWN_AMD_SPILLS = {"flash_attn_paged_causal_win_d256_bf16", "paged_decode_split_fp16_d256"}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(*args: str) -> tuple[int, list[list[str]]]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-m", "rocmforge.kernels.aot", *args], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    rows = [line.split(None, 7) for line in p.stdout.splitlines() if line[:1].islower() and "." in line[:56]
+            and not line.startswith("note")]
+    assert p.stdout.strip().splitlines()[-1].endswith("NVIDIA)"), p.stdout[-2000:] + p.stderr[-2000:]
+    return p.returncode, rows
+
+
+@pytest.mark.parametrize("target", sorted(aot.TARGETS))
+def test_every_module_compiles_clean(target):
+    rc, rows = _run("--target", target, "--quick")
+    assert rows, "no kernel was compiled"
+    failed = [r for r in rows if len(r) < 8 or (r[7] != "ok" and r[7] != "SPILLS/SCRATCH")]
+    assert not failed, failed
+    for r in rows:
+        assert r[2] != "" and r[6] not in ("0", "?"), r  # registers and occupancy were read
+    spills = [r[0] for r in rows if r[7] == "SPILLS/SCRATCH"]
+    assert (rc != 0) == bool(spills)
+    # NOTE: known, open spills (issue 4), listed by name so any NEW spill still fails: the paged
+    # flash-attention D=256 windowed config on AMD and split decode D=256 fp16 on RDNA3 (gfx1100).
+    new = [k for k in spills if k not in KNOWN_AMD_SPILLS or not target.startswith("gfx")]
+    assert not new, new
+
+
+def test_missing_aot_specs_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "fake_kernels_mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import rocmforge.kernels as pkg
+
+    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
+    with pytest.raises(AttributeError, match="no aot_specs"):
+        aot.load_specs("fake_kernels_mod", "sm90")
+    assert aot.load_specs("not_written_yet", "sm90") is None
