@@ -181,10 +181,11 @@ def pick_config(arch: Arch, head_dim: int) -> AttnConfig:
         return AttnConfig(64, 32, 4, 1)
     if arch.is_cdna:  # 64 KB LDS, wave64: one K + one V tile of BLOCK_N x D bf16 must fit unpipelined
         return AttnConfig(128, 64, 4, 1) if head_dim <= 128 else AttnConfig(64, 32, 4, 1)
-    if arch.is_rdna:  # wave32, 64 KB LDS. NOTE: D >= 128 spills on gfx1100 with every tile tried (notes)
+    if arch.is_rdna:  # wave32, 64 KB LDS; WMMA operand layouts are register-hungry (AOT: 239-256 VGPRs)
         if head_dim <= 64:
             return AttnConfig(64, 32, 4, 1)
-        return AttnConfig(32, 16, 4, 1) if head_dim <= 128 else AttnConfig(32, 16, 8, 1)
+        # NOTE: D=256 spills to scratch with every tile from 16x16 to 64x32 at 4 or 8 warps (open, issue 4)
+        return AttnConfig(16, 16, 8, 1) if head_dim <= 128 else AttnConfig(32, 16, 8, 1)
     if arch.is_hopper:  # swept on H200 (benchmarks/notes_attention.md); (128, 32, 8, 3) at D=256 is +26%
         if head_dim <= 64:  # but spills 12 B in the AOT compile, so the clean 2-stage one is used
             return AttnConfig(128, 64, 4, 3)

@@ -17,11 +17,18 @@ the scores are a (G, BLOCK_N) tensor-core product (G padded to 16 rows: the padd
 bound by K/V bytes). Token j lives in page block_tables[s, j // block_size] at offset j % block_size.
 Math is fp32; with bf16/fp16 caches the scores are bf16/fp16 tensor-core products with fp32
 accumulation and the probabilities are rounded to the cache dtype for P @ V, as in flash attention.
+
+RDNA (wave32 WMMA) keeps both products off the matrix cores (`DOT=False`): Triton's WMMA layouts of the
+(16, D) operands need more than the 256 VGPRs a lane has at D >= 128 and spill to scratch, while decode
+is bound by K/V bytes, not FLOPs. There the scores are a broadcast multiply and reduce over D,
+s = sum_d q[g, None, d] * k[None, n, d], and P @ V likewise over n, in fp32 on the same rounded p; the
+group is padded only to a power of two and BLOCK_N is sized so the (G, BLOCK_N, D) product fits.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import triton
@@ -38,7 +45,7 @@ def _paged_decode_split_kernel(
     stride_bts, stride_os, stride_oh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+    USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -75,7 +82,9 @@ def _paged_decode_split_kernel(
                     mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
         v = tl.load(v_ptr + (page * stride_vb + tok * stride_vt + kvh * stride_vh)[:, None] + offs_d[None, :],
                     mask=kv_mask, other=0.0)
-        if UPCAST:
+        if not DOT:  # (GROUP_PAD, BLOCK_N, BLOCK_D) products reduced over d, fp32
+            s = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], 2)
+        elif UPCAST:
             s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))  # (GROUP_PAD, BLOCK_N) fp32
@@ -88,7 +97,10 @@ def _paged_decode_split_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if UPCAST:  # same rounding of p as the tensor-core path, then exact fp32 products
+        if not DOT:  # same rounding of p, (GROUP_PAD, BLOCK_N, BLOCK_D) reduced over n
+            pv = p.to(v.dtype).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.sum(pv[:, :, None] * v.to(tl.float32)[None, :, :], 1)
+        elif UPCAST:  # same rounding of p as the tensor-core path, then exact fp32 products
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32),
                                                 input_precision="ieee")
         else:
@@ -134,15 +146,23 @@ def _paged_decode_reduce_kernel(
 
 # ---- per-arch configs ---------------------------------------------------------------------------------
 
-def decode_config(arch: Arch, head_dim: int) -> dict:
-    """Tile of BLOCK_N tokens per step. NOTE: AMD's 64 KiB LDS holds K and V tiles for one stage of 32
-    tokens at D=256, so CDNA/RDNA use smaller tiles and a single-stage pipeline."""
+def decode_config(arch: Arch, head_dim: int, group: int = 16) -> dict:
+    """Tile of BLOCK_N tokens per step and the product path. NOTE: AMD's 64 KiB LDS holds K and V tiles
+    for one stage of 32 tokens at D=256, so CDNA/RDNA use smaller tiles and a single-stage pipeline.
+    RDNA: no matrix cores (see the module docstring); 8 waves and BLOCK_N such that the
+    (group_pad, BLOCK_N, D) fp32 product is <= 64 values a lane (AOT: 94-232 VGPRs, no spills)."""
     big = head_dim > 128
     if arch.backend == "cuda":
-        return dict(BLOCK_N=32 if big else 64, num_warps=4, num_stages=2 if big else 3)
+        # NOTE: D=128 with 4 warps held 152 B (sm90) / 2.5 KB (sm80) of stack in the AOT compile; 8 warps
+        # compile clean (192 / 223 regs). The H200 figures in benchmarks/results were taken with 4 warps.
+        return dict(BLOCK_N=32 if big else 64, num_warps=8 if head_dim == 128 else 4,
+                    num_stages=2 if big else 3, DOT=True)
+    if arch.is_rdna:
+        gp, d = triton.next_power_of_2(group), triton.next_power_of_2(head_dim)
+        return dict(BLOCK_N=max(4, min(32, 64 * 32 * 8 // (gp * d))), num_warps=8, num_stages=1, DOT=False)
     if arch.backend == "hip":
-        return dict(BLOCK_N=16 if big else 32, num_warps=4, num_stages=1)
-    return dict(BLOCK_N=16, num_warps=4, num_stages=1)  # interpreter: small tiles exercise the loop
+        return dict(BLOCK_N=16 if head_dim > 64 else 32, num_warps=4, num_stages=1, DOT=True)
+    return dict(BLOCK_N=16, num_warps=4, num_stages=1, DOT=True)  # interpreter: small tiles exercise the loop
 
 
 @functools.lru_cache(maxsize=8)
@@ -163,6 +183,11 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_len: int, num_sms: i
     return max(1, min(want, by_len, 64))
 
 
+def _group_pad(group: int, dot: bool) -> int:
+    """Query heads per program padded to a power of two; tl.dot needs at least 16 rows."""
+    return max(16 if dot else 1, triton.next_power_of_2(group))
+
+
 def paged_decode_attention(
     q: torch.Tensor,  # (S, Hq, D)
     k_cache: torch.Tensor,  # (num_blocks, block_size, Hkv, D)
@@ -174,7 +199,7 @@ def paged_decode_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
     num_splits: int | None = None,
-    config: dict | None = None,  # override decode_config(): BLOCK_N, num_warps, num_stages (tuning)
+    config: dict | None = None,  # override decode_config(): BLOCK_N, num_warps, num_stages, DOT
 ) -> torch.Tensor:  # (S, Hq, D) in q.dtype
     """Decode attention over a paged cache; `num_splits` defaults to a choice from batch, heads, the
     block table's capacity (an upper bound on length: no host sync) and the SM count."""
@@ -189,14 +214,14 @@ def paged_decode_attention(
     assert q.stride(2) == 1 and k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_dim not contiguous"
     assert block_tables.stride(1) == 1
     assert sliding_window is None or sliding_window > 0, "sliding_window must be positive"
-    cfg = config or decode_config(current_arch(q.device), D)
+    G = Hq // Hkv
+    cfg = {**decode_config(current_arch(q.device), D, G), **(config or {})}
     block_n = cfg["BLOCK_N"]
     if num_splits is None:
         max_len = block_tables.shape[1] * PAGE
         if sliding_window is not None:
             max_len = min(max_len, sliding_window)
         num_splits = choose_num_splits(S, Hkv, max_len, _num_sms(q.device), block_n)
-    G = Hq // Hkv
     out = torch.empty_like(q)
     if num_splits > 1:
         m = torch.empty(S, Hq, num_splits, dtype=torch.float32, device=q.device)
@@ -210,12 +235,12 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1),
-        GROUP=G, GROUP_PAD=max(16, triton.next_power_of_2(G)), HEAD_DIM=D,
+        GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D,
         BLOCK_D=max(16, triton.next_power_of_2(D)), PAGE=PAGE, BLOCK_N=block_n, NUM_SPLITS=num_splits,
         USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
         # NOTE: triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot, so on CPU
         # the dots run in fp32 on upcast operands (bf16 x bf16 products are exact in fp32 anyway).
-        UPCAST=k_cache.dtype == torch.float32 or q.device.type == "cpu",
+        UPCAST=k_cache.dtype == torch.float32 or q.device.type == "cpu", DOT=cfg["DOT"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if num_splits > 1:
@@ -232,21 +257,22 @@ _SPLIT_SIG_INTS = ("scale", "softcap", "window", "stride_qs", "stride_qh", "stri
 
 
 def aot_specs(arch: Arch) -> list[dict]:
-    """The configs launched on `arch`: bf16/fp16 caches, D in (64, 128, 256), page 16, G <= 16."""
+    """The configs launched on `arch`: bf16/fp16 caches, D in (64, 128, 256), page 16, G in (4, 16)."""
     specs = []
-    for dt in ("bf16", "fp16"):
-        for D in (64, 128, 256):
-            cfg = decode_config(arch, D)
-            sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
-            sig.update(bt_ptr="*i32", seq_lens_ptr="*i32", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32")
-            sig.update({n: "fp32" if n in ("scale", "softcap") else "i32" for n in _SPLIT_SIG_INTS})
-            const = dict(GROUP=4, GROUP_PAD=16, HEAD_DIM=D, BLOCK_D=D, PAGE=16, BLOCK_N=cfg["BLOCK_N"],
-                         NUM_SPLITS=8, USE_WINDOW=False, USE_SOFTCAP=False, UPCAST=False)
-            sig.update({n: "constexpr" for n in const})
-            sig = {n: sig[n] for n in _paged_decode_split_kernel.arg_names}  # argument order
-            specs.append(dict(name=f"paged_decode_split_{dt}_d{D}", fn=_paged_decode_split_kernel,
-                              signature=sig, constexprs=const, num_warps=cfg["num_warps"],
-                              num_stages=cfg["num_stages"]))
+    for dt, D, G in itertools.product(("bf16", "fp16"), (64, 128, 256), (4, 16)):
+        cfg = decode_config(arch, D, G)
+        sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
+        sig.update(bt_ptr="*i32", seq_lens_ptr="*i32", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32")
+        sig.update({n: "fp32" if n in ("scale", "softcap") else "i32" for n in _SPLIT_SIG_INTS})
+        const = dict(GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D, BLOCK_D=D, PAGE=16,
+                     BLOCK_N=cfg["BLOCK_N"], NUM_SPLITS=8, USE_WINDOW=False, USE_SOFTCAP=False,
+                     UPCAST=False, DOT=cfg["DOT"])
+        sig.update({n: "constexpr" for n in const})
+        sig = {n: sig[n] for n in _paged_decode_split_kernel.arg_names}  # argument order
+        specs.append(dict(name=f"paged_decode_split_{dt}_d{D}_g{G}", fn=_paged_decode_split_kernel,
+                          signature=sig, constexprs=const, num_warps=cfg["num_warps"],
+                          num_stages=cfg["num_stages"]))
+        if G == 4:  # the reduce does not depend on the group
             rsig = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": f"*{dt}",
                     "stride_os": "i32", "stride_oh": "i32"}
             rconst = dict(HEAD_DIM=D, BLOCK_D=D, NUM_SPLITS=8, SPLITS_PAD=8)

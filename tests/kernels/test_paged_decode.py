@@ -100,3 +100,28 @@ def test_num_splits_heuristic():
     assert choose_num_splits(32, 8, 4096, 132, 64) == 2  # 512 programs: ~4 per SM, rounded down
     assert choose_num_splits(1, 8, 4096, 132, 64) == 64  # batch 1: split the context, at most 64 ways
     assert choose_num_splits(1, 8, 100, 132, 64) == 2  # short context: a split is at least one tile
+
+
+@pytest.mark.parametrize("Hq,Hkv,D", [(6, 2, 32), (7, 1, 48), (16, 1, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_matrix_core_path(Hq, Hkv, D, dtype):
+    """DOT=False (the RDNA configuration): broadcast products reduced in fp32, group padded to 2^k only."""
+    q, kc, vc, bt, lens = _setup(3, Hq, Hkv, D, 16, [1, 29, 70], dtype, seed=3)
+    cfg = dict(BLOCK_N=8, num_warps=8, num_stages=1, DOT=False)
+    for window in (None, 9):
+        out = paged_decode_attention(q, kc, vc, bt, lens, scale=D ** -0.5, sliding_window=window,
+                                     num_splits=2, config=cfg)
+        ref = paged_decode_attention_ref(q, kc, vc, bt, lens, scale=D ** -0.5, sliding_window=window)
+        torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_rdna_config_fits_the_group():
+    from rocmforge.kernels.arch import make_arch
+    from rocmforge.kernels.paged_decode import decode_config
+
+    rdna = make_arch("hip", "gfx1100", 32)
+    for G, D in [(1, 64), (4, 256), (7, 128), (16, 256)]:
+        cfg = decode_config(rdna, D, G)
+        assert cfg["DOT"] is False and cfg["BLOCK_N"] >= 4
+        gp = 1 << (G - 1).bit_length()
+        assert gp * cfg["BLOCK_N"] * D <= 64 * 32 * cfg["num_warps"] or cfg["BLOCK_N"] == 4
