@@ -113,3 +113,40 @@ def test_errors_are_one_line_exit_2(model_path, args, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_serve_answers_openai_requests(model_path):
+    """`rocmforge serve` end to end: /health turns 200, a greedy chat answers, a bad field is a 400."""
+    import socket
+    import time
+
+    httpx = pytest.importorskip("httpx")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "rocmforge", "serve", "-m", str(model_path), "--port",
+                             str(port), "--served-model-name", "smol"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become healthy"
+            time.sleep(1)
+        assert [m["id"] for m in httpx.get(base + "/v1/models").json()["data"]] == ["smol"]
+        msg = [{"role": "user", "content": "What is the capital of France?"}]
+        r = httpx.post(base + "/v1/chat/completions", timeout=120,
+                       json={"model": "smol", "messages": msg, "max_tokens": 16, "temperature": 0})
+        assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"], r.text
+        bad = httpx.post(base + "/v1/chat/completions", json={"model": "smol", "messages": msg, "n": "two"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "n", bad.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
