@@ -78,8 +78,15 @@ def gemm_config(arch: Arch, qtype: str, bm: int) -> dict:
     NOTE: BN=128 at BM=128 spills (two decoded fp32 weight planes + the accumulator) on sm90/gfx942."""
     g = group_bytes(qtype)
     stages = 3 if arch.backend == "cuda" else 2
-    bn = 64
-    warps = 8 if bm == 128 and not arch.is_rdna else 4
+    bn, warps = 64, 4
+    # NOTE: AOT register sweeps (BN 32/64 x 4/8 warps x 1/2 stages, BM=16): on NVIDIA 4 warps hold the
+    # decoded tile in 255 registers and spill for Q8_0 (sm90), Q5_0/Q5_1 (sm80), Q5_K (both); 8 warps fit,
+    # Q5_K also needs BN=32. On gfx1100 the clean point is BN=32, 8 warps, 1 stage (Q8_0: 4 warps, 2
+    # stages). gfx942/gfx90a compile the default clean. Speed of these tiles is not yet re-measured.
+    if arch.backend == "cuda" and qtype != "Q4_K":  # Q4_K: 4 warps fit; 8 spill 256-304 B
+        warps, bn = 8, (32 if qtype == "Q5_K" else 64)
+    elif arch.is_rdna:
+        bn, warps, stages = (32, 4, 2) if qtype == "Q8_0" else (32, 8, 1)
     if qtype == "Q6_K":
         # NOTE: its per-element high-bit/scale gathers keep 64-bit pointer tiles live: BN=64 or a
         # 2-stage pipeline spills on every target (AOT check); (16 × 128) over 8 warps fits all five.
