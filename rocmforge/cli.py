@@ -32,6 +32,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="a .gguf path or a short name (default: smollm2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="GPU: fraction of device memory for weights + activations + KV cache")
     p.add_argument("-v", "--verbose", action="store_true", help="log the device and print speed to stderr")
 
 
@@ -100,7 +102,8 @@ def _llm(a: argparse.Namespace):
 
     if a.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    return LLM(a.model, device=a.device, max_model_len=a.max_model_len)
+    return LLM(a.model, device=a.device, max_model_len=a.max_model_len,
+               gpu_memory_utilization=a.gpu_memory_utilization)
 
 
 def _stream(llm, chunks, verbose: bool) -> str:

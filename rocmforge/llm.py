@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .attention.metadata import build_metadata
+from .cache.kv_cache import allocate_kv_cache, kv_cache_bytes, kv_tokens_for_budget
 from .config import ModelConfig
 from .engine.llm_engine import EngineConfig, LLMEngine
 from .engine.outputs import RequestOutput
@@ -61,6 +63,7 @@ class LLM:
         seed: int | None = None,
         kv_cache_tokens: int | None = None,
         attention_backend: str = "torch",
+        gpu_memory_utilization: float = 0.9,
     ):
         self.path = resolve_model(model)
         self.gguf = GGUFFile(self.path)
@@ -80,10 +83,44 @@ class LLM:
                     attention_backend)  # fmt: skip
         self.model = load_model(self.gguf, cfg, device=self.device, dtype=self.dtype,
                                 attention_backend=attention_backend)  # fmt: skip
-        econf = EngineConfig(max_model_len=max_model_len,
-                             kv_cache_tokens=kv_cache_tokens or max(max_model_len, 16384))  # fmt: skip
+        if kv_cache_tokens is None:
+            kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
+        econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens)
         self.engine = LLMEngine(self.model, tok, cfg, econf, device=self.device, dtype=self.dtype, seed=seed)
         self.last_output: RequestOutput | None = None  # set by stream() when a stream completes
+
+    def _kv_tokens(self, max_model_len: int, utilization: float) -> int:
+        """CPU: max(max_model_len, 16384) (untouched cache pages cost nothing there). GPU: what fits in
+        `utilization` of the device after the weights and a warm-up forward's activation peak."""
+        if self.device.type != "cuda":
+            return max(max_model_len, 16384)
+        bs, cfg = 16, self.model_config
+        warm = min(max_model_len, 2048)  # the engine's default max_num_batched_tokens
+        nb = -(-warm // bs)
+        scratch = allocate_kv_cache(cfg, nb, bs, device=self.device, dtype=self.dtype)
+        meta = build_metadata([warm], [0], [list(range(nb))], bs, scratch, self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        with torch.inference_mode():
+            self.model(torch.zeros(warm, dtype=torch.int64, device=self.device),
+                       torch.arange(warm, device=self.device), meta)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        del scratch, meta
+        torch.cuda.empty_cache()
+        act_peak = peak - torch.cuda.memory_allocated(self.device)  # warm-up activations + scratch cache
+        act_peak -= kv_cache_bytes(cfg, nb, bs, self.dtype)
+        free, total = torch.cuda.mem_get_info(self.device)
+        used = (total - free) + max(0, act_peak)  # weights, CUDA context, other processes, activations
+        tokens = kv_tokens_for_budget(cfg, bs, self.dtype, total_bytes=total, used_bytes=used,
+                                      utilization=utilization)
+        if tokens < max_model_len:
+            raise ValueError(f"the KV cache fits {tokens} tokens in {utilization:.0%} of the GPU's "
+                             f"{total / 2**30:.1f} GiB after the weights, fewer than max_model_len "
+                             f"({max_model_len}); lower max_model_len or raise gpu_memory_utilization")
+        gib = kv_cache_bytes(cfg, tokens // bs, bs, self.dtype) / 2**30
+        logger.info("rocmforge: KV cache %d tokens (%.2f GiB; %.0f%% of %.1f GiB)", tokens, gib,
+                    100 * utilization, total / 2**30)
+        return tokens
 
     @property
     def max_model_len(self) -> int:

@@ -30,3 +30,14 @@ def allocate_kv_cache(
         (torch.zeros(shape_k, device=device, dtype=dtype), torch.zeros(shape_v, device=device, dtype=dtype))
         for _ in range(config.num_layers)
     ]
+
+
+def kv_tokens_for_budget(config: ModelConfig, block_size: int, dtype: torch.dtype, *, total_bytes: int,
+                         used_bytes: int, utilization: float) -> int:
+    """Whole blocks' worth of tokens that fit in `utilization * total_bytes - used_bytes`
+    (used: weights + the activation peak of a warm-up pass). 0 when nothing fits."""
+    if not 0.0 < utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
+    budget = int(utilization * total_bytes) - used_bytes
+    per_block = kv_cache_bytes(config, 1, block_size, dtype)
+    return max(0, budget // per_block) * block_size

@@ -16,6 +16,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="a .gguf path or a short name (default: smollm2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="GPU: fraction of device memory for weights + activations + KV cache")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
