@@ -64,6 +64,7 @@ class LLM:
         kv_cache_tokens: int | None = None,
         attention_backend: str = "torch",
         gpu_memory_utilization: float = 0.9,
+        quantized_weights: bool | None = None,
     ):
         self.path = resolve_model(model)
         self.gguf = GGUFFile(self.path)
@@ -83,6 +84,15 @@ class LLM:
                     attention_backend)  # fmt: skip
         self.model = load_model(self.gguf, cfg, device=self.device, dtype=self.dtype,
                                 attention_backend=attention_backend)  # fmt: skip
+        if quantized_weights is None:  # GPU: keep GGUF blocks, fused dequant-matmul kernels
+            quantized_weights = self.device.type == "cuda"
+        if quantized_weights:
+            from .layers.quant_linear import quantize_linears  # imports Triton: GPU installs only
+
+            swapped = quantize_linears(self.model, self.gguf, dtype=self.dtype)
+            logger.info("rocmforge: quantized linear layers %s", swapped or "none (no kernel for the types)")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
         if kv_cache_tokens is None:
             kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
         econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens)
