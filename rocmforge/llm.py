@@ -62,7 +62,7 @@ class LLM:
         max_model_len: int | None = None,
         seed: int | None = None,
         kv_cache_tokens: int | None = None,
-        attention_backend: str = "torch",
+        attention_backend: str | None = None,
         gpu_memory_utilization: float = 0.9,
         quantized_weights: bool | None = None,
     ):
@@ -80,6 +80,8 @@ class LLM:
                              f"({cfg.context_length}), got {max_model_len}")
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        if attention_backend is None:  # the Triton kernels on a GPU, the torch reference on CPU
+            attention_backend = "torch" if self.device.type == "cpu" else "triton"
         logger.info("rocmforge: %s on %s (%s, %s attention)", self.path.name, self.device, self.dtype,
                     attention_backend)  # fmt: skip
         self.model = load_model(self.gguf, cfg, device=self.device, dtype=self.dtype,

@@ -1,4 +1,4 @@
-"""Attention backends by name: "torch" (reference / CPU) now, "triton" when its module lands."""
+"""Attention backends by name: "torch" (reference / CPU) and "triton" (the GPU kernels)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ kernel exactly as it would be configured on that hardware.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -63,3 +64,14 @@ def current_arch(device=None) -> Arch:
     if getattr(torch.version, "hip", None):
         return make_arch("hip", props.gcnArchName.split(":")[0], 64 if "gfx9" in props.gcnArchName else 32)
     return make_arch("cuda", props.major * 10 + props.minor, 32)
+
+
+@functools.lru_cache(maxsize=8)
+def sm_count(device) -> int:
+    """SMs (NVIDIA) / CUs (AMD) of a torch device; 4 on CPU, so the interpreter exercises split-K."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count

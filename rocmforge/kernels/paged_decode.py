@@ -27,14 +27,13 @@ group is padded only to a power of two and BLOCK_N is sized so the (G, BLOCK_N, 
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import torch
 import triton
 import triton.language as tl
 
-from rocmforge.kernels.arch import Arch, current_arch
+from rocmforge.kernels.arch import Arch, current_arch, sm_count
 
 
 @triton.jit
@@ -165,13 +164,6 @@ def decode_config(arch: Arch, head_dim: int, group: int = 16) -> dict:
     return dict(BLOCK_N=16, num_warps=4, num_stages=1, DOT=True)  # interpreter: small tiles exercise the loop
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_len: int, num_sms: int, block_n: int) -> int:
     """About 4 (seq, kv_head, split) programs per SM, rounded down (whole waves: on an H200 B32 L4k ran
     4.2 TB/s with 2 splits, 3.6 with 3), never a split shorter than one tile, at most 64."""
@@ -221,7 +213,7 @@ def paged_decode_attention(
         max_len = block_tables.shape[1] * PAGE
         if sliding_window is not None:
             max_len = min(max_len, sliding_window)
-        num_splits = choose_num_splits(S, Hkv, max_len, _num_sms(q.device), block_n)
+        num_splits = choose_num_splits(S, Hkv, max_len, sm_count(q.device), block_n)
     out = torch.empty_like(q)
     if num_splits > 1:
         m = torch.empty(S, Hq, num_splits, dtype=torch.float32, device=q.device)

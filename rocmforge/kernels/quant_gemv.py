@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rocmforge.kernels.arch import Arch, current_arch
+from rocmforge.kernels.arch import Arch, current_arch, sm_count
 from rocmforge.kernels.gemv_decode import decode_vectors
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, plane_dtypes, qtype_code
 
@@ -156,12 +156,6 @@ def aot_specs(arch: Arch) -> list[dict]:
 
 
 # ---------------------------------------------------------------- launcher
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # interpreter: exercise split-K on tiny shapes too
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _words(t: torch.Tensor) -> torch.Tensor:
     """A contiguous uint8/int32 plane (N, B) viewed as int32 words (N, B / 4)."""
     return t if t.dtype == torch.int32 else t.view(torch.int32)
@@ -187,7 +181,7 @@ def qgemv(x: torch.Tensor, w: QuantWeight, split_k: int | None = None,
     slabs = triton.cdiv(w.n_out, c["BN"])
     steps = triton.cdiv(n_words, c["NW"])
     if split_k is None:  # ~4 programs per SM, never a split shorter than 2 steps
-        split_k = max(1, min(triton.cdiv(4 * _num_sms(x.device), slabs), steps // 2))
+        split_k = max(1, min(triton.cdiv(4 * sm_count(x.device), slabs), steps // 2))
     per_split = triton.cdiv(steps, split_k) * c["NW"]
     split_k = triton.cdiv(n_words, per_split)
     atomic = split_k > 1
