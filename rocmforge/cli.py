@@ -32,6 +32,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="a .gguf path or a short name (default: smollm2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: the model's)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                   help="split the model over N processes (GPUs; gloo on CPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="GPU: fraction of device memory for weights + activations + KV cache")
     p.add_argument("-v", "--verbose", action="store_true", help="log the device and print speed to stderr")
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .server import add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="OpenAI-compatible HTTP server"))
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     k = sub.add_parser("kernels", help="kernel tools")
     k.add_argument("action", choices=("check",))
@@ -103,7 +108,7 @@ def _llm(a: argparse.Namespace):
     if a.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     return LLM(a.model, device=a.device, max_model_len=a.max_model_len,
-               gpu_memory_utilization=a.gpu_memory_utilization)
+               gpu_memory_utilization=a.gpu_memory_utilization, tensor_parallel_size=a.tensor_parallel_size)
 
 
 def _stream(llm, chunks, verbose: bool) -> str:
@@ -239,6 +244,12 @@ def cmd_kernels(a: argparse.Namespace) -> int:
     return int(aot.main(a.rest) or 0)
 
 
+def cmd_bench(a) -> int:
+    from .bench import run_bench
+
+    return run_bench(a) or 0
+
+
 def cmd_serve(a) -> int:
     from .server import serve_main
 
@@ -246,7 +257,7 @@ def cmd_serve(a) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "inspect": cmd_inspect,
-            "pull": cmd_pull, "kernels": cmd_kernels, "serve": cmd_serve}  # fmt: skip
+            "pull": cmd_pull, "kernels": cmd_kernels, "serve": cmd_serve, "bench": cmd_bench}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class LLM:
     """One model, its tokenizer and chat template, and a generation engine over a paged KV cache."""
 
+    def __new__(cls, *args, tensor_parallel_size: int = 1, **kwargs):
+        if cls is LLM and tensor_parallel_size > 1:  # the model split over N processes (distributed/)
+            from .distributed.launch import TensorParallelLLM
+
+            cls = TensorParallelLLM
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: str | None = None,
@@ -65,7 +72,10 @@ class LLM:
         attention_backend: str | None = None,
         gpu_memory_utilization: float = 0.9,
         quantized_weights: bool | None = None,
+        tensor_parallel_size: int = 1,
     ):
+        if tensor_parallel_size != 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         self.path = resolve_model(model)
         self.gguf = GGUFFile(self.path)
         self.model_config = cfg = ModelConfig.from_gguf(self.gguf)
@@ -133,6 +143,15 @@ class LLM:
         logger.info("rocmforge: KV cache %d tokens (%.2f GiB; %.0f%% of %.1f GiB)", tokens, gib,
                     100 * utilization, total / 2**30)
         return tokens
+
+    def close(self) -> None:
+        """Release what the LLM holds beyond memory (tensor-parallel workers); a no-op here."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def max_model_len(self) -> int:

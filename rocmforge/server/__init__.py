@@ -16,6 +16,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="a .gguf path or a short name (default: smollm2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: the model's)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                   help="split the model over N processes (GPUs; gloo on CPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="GPU: fraction of device memory for weights + activations + KV cache")
     p.add_argument("--host", default="127.0.0.1")

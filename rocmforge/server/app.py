@@ -213,7 +213,8 @@ def serve_main(a) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     name = a.served_model_name or a.model or "smollm2"
     loader = lambda: LLM(a.model, device=a.device, max_model_len=a.max_model_len,
-                         gpu_memory_utilization=a.gpu_memory_utilization)
+                         gpu_memory_utilization=a.gpu_memory_utilization,
+                         tensor_parallel_size=a.tensor_parallel_size)
     app = create_app(model_name=name, api_key=a.api_key, loader=loader)
     logger.info("rocmforge: serving %s on http://%s:%d (OpenAI API under /v1)", name, a.host, a.port)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
