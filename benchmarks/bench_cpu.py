@@ -3,13 +3,18 @@
     prefill tok/s = 512 prompt tokens / time of the step that runs them (one forward + one sample)
     decode  tok/s = 128 / time of 128 single-token steps (greedy, ignore_eos, after a 16-token prompt,
                     like llama-bench's tg128)
+    decode GB/s   = weight bytes read per decode step / step time (every projection and the head
+                    once a step; the embedding lookup and KV reads are left out: under 1%)
 
-Medians of --runs runs, each with a fresh prompt (the prefix cache never hits). Baselines: HF
-transformers on the same GGUF (dequantized to float32, eager, same threads) measured in this
-process; llama.cpp's figures on this machine quoted from issue 3 (not measured here). With
---profile, torch.profiler tables of one prefill and one decode step show where the time goes.
+Both weight paths run in this process: "packed" (load_model(weights="packed"): int4 / bf16 weights,
+the CPU fast path) and "exact" (every weight dequantized to float32, the reference). Medians of
+--runs runs, each with a fresh prompt (the prefix cache never hits). Baselines: HF transformers on
+the same GGUF (dequantized to float32, eager, same threads) measured in this process; llama.cpp's
+figures on this machine quoted from issue 3 (not measured here). The 1-minute load average is
+printed before and after: on a shared box other processes' threads change every figure here. With
+--profile, torch.profiler tables of one packed prefill and decode show where the time goes.
 
-    .venv/bin/python benchmarks/bench_cpu.py [--runs 3] [--threads 2] [--no-hf] [--profile] [--out FILE]
+    .venv/bin/python benchmarks/bench_cpu.py [--runs 3] [--threads 2] [--no-hf] [--no-exact] [--profile]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rocmforge import LLM, SamplingParams  # noqa: E402
+from rocmforge.models import load_model  # noqa: E402
 
 LLAMA_CPP = {"prefill": 312.0, "decode": 136.0}  # tok/s, quoted from issue 3 for this machine
 TARGET = {"prefill": 150.0, "decode": 40.0}
@@ -67,14 +73,36 @@ def time_request(llm: LLM, ids: list[int], max_tokens: int) -> list[float]:
     return times
 
 
-def bench_ours(llm: LLM, runs: int) -> dict[str, float]:
-    time_request(llm, prompt_ids(llm, 64, -1), 4)  # warm-up
+def use_weights(llm: LLM, weights: str) -> float:
+    """Give llm's engine a model loaded with `weights` ("exact" / "packed"); returns the load seconds.
+    NOTE: swapped in here because LLM(...) has no weights option yet; the engine keeps its KV cache."""
+    t0 = time.perf_counter()
+    llm.model = llm.engine.model = load_model(llm.gguf, llm.model_config, weights=weights)
+    return time.perf_counter() - t0
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a decode step reads: every projection / head tensor once (norm vectors and the embedding
+    table are left out: a step reads one embedding row)."""
+    skip = ("norm", "token_embd", "rope_freqs", "inv_freq")
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    total = sum(t.numel() * t.element_size() for n, t in tensors if not any(k in n for k in skip))
+    if model._modules.get("output") is None:  # tied and exact: the head is the embedding table
+        total += model.token_embd.weight.numel() * model.token_embd.weight.element_size()
+    return total
+
+
+def bench_ours(llm: LLM, runs: int, salt: int) -> dict[str, float]:
+    """Medians over `runs`; `salt` keeps every prompt new to the engine's prefix cache (NOTE: a hit
+    would skip the prefill and, after a model swap, reuse the other model's K/V)."""
+    time_request(llm, prompt_ids(llm, 64, salt - 1), 4)  # warm-up
     pre, dec = [], []
     for r in range(runs):
-        pre.append(PROMPT_LEN / time_request(llm, prompt_ids(llm, PROMPT_LEN, r), 1)[0])
-        steps = time_request(llm, prompt_ids(llm, 16, 100 + r), DECODE_LEN + 1)[1:]
+        pre.append(PROMPT_LEN / time_request(llm, prompt_ids(llm, PROMPT_LEN, salt + r), 1)[0])
+        steps = time_request(llm, prompt_ids(llm, 16, salt + 100 + r), DECODE_LEN + 1)[1:]
         dec.append(len(steps) / sum(steps))
-    return {"prefill": statistics.median(pre), "decode": statistics.median(dec)}
+    d = statistics.median(dec)
+    return {"prefill": statistics.median(pre), "decode": d, "GB/s": weight_bytes(llm.model) * d / 1e9}
 
 
 def bench_hf(path: Path, runs: int) -> dict[str, float] | None:
@@ -115,7 +143,7 @@ def profile(llm: LLM, rows: int = 15) -> str:
 
     eng, parts = llm.engine, []
     for name, n, steps in (("prefill (512 tokens, one step)", PROMPT_LEN, 1), ("decode (16 steps)", 16, 17)):
-        rid = eng.add_request(prompt_ids(llm, n, 999 + n), SamplingParams(temperature=0, max_tokens=steps,
+        rid = eng.add_request(prompt_ids(llm, n, 9999 + n), SamplingParams(temperature=0, max_tokens=steps,
                                                                           ignore_eos=True))  # fmt: skip
         if steps > 1:
             eng.step()  # the prefill, outside the decode profile
@@ -132,45 +160,60 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
+    ap.add_argument("--no-exact", action="store_true", help="skip the exact float32 path")
     ap.add_argument("--profile", action="store_true", help="add torch.profiler tables (also when short)")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads ({THREADS}, the reference)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_smollm2.md"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     llm = LLM("smollm2", device="cpu", max_model_len=2048, kv_cache_tokens=4096)
-    load_s = time.perf_counter() - t0
-    ours = bench_ours(llm, a.runs)
-    print(f"rocmforge: {ours}", file=sys.stderr)
+    rows, loads = {}, {}
+    for i, weights in enumerate(("packed",) if a.no_exact else ("packed", "exact")):
+        loads[weights] = use_weights(llm, weights)
+        rows[weights] = bench_ours(llm, a.runs, salt=1000 * (i + 1))
+        print(f"rocmforge {weights}: {rows[weights]}", file=sys.stderr)
     hf = None if a.no_hf else bench_hf(llm.path, a.runs)
     print(f"HF transformers: {hf}", file=sys.stderr)
-    load = os.getloadavg()[0]
+    load_after = os.getloadavg()[0]
     lines = [
         "# CPU benchmark: SmolLM2-135M-Instruct Q4_1",
         "",
-        f"Machine: {cpu_name()}, {a.threads} torch threads (torch {torch.__version__}); "
-        f"1-minute load average during the run {load:.1f} (other processes share the cores).",
-        f"Model load (dequantize to float32): {load_s:.1f} s. Medians of {a.runs} runs.",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, {a.threads} torch threads "
+        f"(torch {torch.__version__}); "
+        f"1-minute load average {load_before:.1f} before the run, {load_after:.1f} after (other processes "
+        f"share the cores when it is above 0).",
+        "Model load: "
+        + ", ".join(f"{w} {t:.1f} s" for w, t in loads.items())
+        + f". Medians of {a.runs} runs.",
         f"Prefill: one {PROMPT_LEN}-token prompt, one step. "
-        f"Decode: {DECODE_LEN} greedy steps after a 16-token prompt.",
+        f"Decode: {DECODE_LEN} greedy steps after a 16-token prompt; "
+        "GB/s = weight bytes per step / step time.",
         "",
-        "| | prefill tok/s | decode tok/s |",
-        "|---|---:|---:|",
-        f"| rocmforge (torch CPU path, measured) | {ours['prefill']:.1f} | {ours['decode']:.1f} |",
+        "| | prefill tok/s | decode tok/s | decode weight GB/s |",
+        "|---|---:|---:|---:|",
     ]
+    names = {
+        "packed": "rocmforge packed int4/bf16 weights (CPU fast path)",
+        "exact": "rocmforge exact float32 weights",
+    }
+    for w, r in rows.items():
+        lines.append(f"| {names[w]} (measured) | {r['prefill']:.1f} | {r['decode']:.1f} | {r['GB/s']:.1f} |")
     if hf:
         lines.append(f"| HF transformers float32 eager (measured, same process) | {hf['prefill']:.1f} | "
-                     f"{hf['decode']:.1f} |")  # fmt: skip
+                     f"{hf['decode']:.1f} | |")  # fmt: skip
     lines += [
         f"| llama.cpp (quoted from the issue, not measured here) | {LLAMA_CPP['prefill']:.0f} | "
-        f"{LLAMA_CPP['decode']:.0f} |",
-        f"| target | >= {TARGET['prefill']:.0f} | >= {TARGET['decode']:.0f} |",
+        f"{LLAMA_CPP['decode']:.0f} | |",
+        f"| target | >= {TARGET['prefill']:.0f} | >= {TARGET['decode']:.0f} | |",
         "",
     ]
-    short = [k for k in TARGET if ours[k] < TARGET[k]]
-    lines.append(f"Targets met: {'all' if not short else 'no: ' + ', '.join(short) + ' short'}.\n")
+    short = [k for k in TARGET if rows["packed"][k] < TARGET[k]]
+    met = "all" if not short else "no: " + ", ".join(short) + " short"
+    lines.append(f"Targets met (packed path): {met}.\n")
     if short or a.profile:
-        lines += ["## Where the time goes (torch.profiler, self CPU time)", "", profile(llm)]
+        use_weights(llm, "packed")
+        lines += ["## Where the time goes (packed path, torch.profiler, self CPU time)", "", profile(llm)]
     report = "\n".join(lines)
     print(report)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

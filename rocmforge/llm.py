@@ -94,11 +94,13 @@ class LLM:
             attention_backend = "torch" if self.device.type == "cpu" else "triton"
         logger.info("rocmforge: %s on %s (%s, %s attention)", self.path.name, self.device, self.dtype,
                     attention_backend)  # fmt: skip
-        self.model = load_model(self.gguf, cfg, device=self.device, dtype=self.dtype,
-                                attention_backend=attention_backend)  # fmt: skip
         if quantized_weights is None:  # GPU: keep GGUF blocks, fused dequant-matmul kernels
             quantized_weights = self.device.type == "cuda"
-        if quantized_weights:
+        # CPU + quantized_weights: int4-packed / bf16 weights on torch's CPU kernels (models/packing.py)
+        weights = "packed" if quantized_weights and self.device.type == "cpu" else "exact"
+        self.model = load_model(self.gguf, cfg, device=self.device, dtype=self.dtype,
+                                attention_backend=attention_backend, weights=weights)  # fmt: skip
+        if quantized_weights and self.device.type == "cuda":
             from .layers.quant_linear import quantize_linears  # imports Triton: GPU installs only
 
             swapped = quantize_linears(self.model, self.gguf, dtype=self.dtype)

@@ -9,6 +9,11 @@ Keys come straight from this step's k/v when the sequence has nothing cached (pr
 from the cache through the block table, and only from the first key any query may see (window).
 GQA is done by index: the g = Hq / Hkv query heads that share KV head h are folded into h's query
 rows, (Hkv, g * q_len, D), so K/V are never replicated.
+
+A decode step (every sequence has one new token) runs all sequences in one batched attention: the
+cache slots of every key each sequence may see are computed once per step (and per window) from the
+block tables and kept on `meta`, so a layer is one gather of K and V plus one SDPA call over
+(S, Hkv, g, L) with the padding of shorter sequences masked out.
 """
 
 from __future__ import annotations
@@ -53,6 +58,57 @@ def _attend(q, k, v, *, first_key: int, scale: float, window: int | None, softca
     return out.view(hkv, g, L, dv).permute(2, 0, 1, 3).reshape(L, hq, dv)
 
 
+_STEP_CACHE = "_torch_step"  # attribute set on an AttentionMetadata: {window: (slots, bias)}
+
+
+def decode_keys(meta: AttentionMetadata, block_size: int, window: int | None):
+    """For a decode step: the cache slot of every key each sequence attends, and the padding mask.
+
+    Sequence s (n = seq_lens[s] tokens, its query at position n - 1) attends positions
+    first_s .. n - 1, first_s = max(0, n - W) with a window W, else 0. Returns slots (S, L) int64,
+    L = the longest such run (short rows repeat their last slot), and bias (S, 1, 1, L) float32 with
+    -inf on those padding keys, or None when no row is padded. Computed once per (meta, window).
+    """
+    cache = meta.__dict__.setdefault(_STEP_CACHE, {})
+    if window not in cache:
+        lens = meta.seq_lens_cpu
+        firsts = [0 if window is None else max(0, n - window) for n in lens]
+        counts = [n - f for n, f in zip(lens, firsts)]
+        L, dev = max(counts), meta.block_tables.device
+        j = torch.arange(L, device=dev)  # (L,)
+        last = torch.tensor(counts, device=dev)[:, None] - 1  # (S, 1)
+        pos = torch.tensor(firsts, device=dev)[:, None] + torch.minimum(j[None, :], last)  # (S, L)
+        blocks = meta.block_tables.long().gather(1, pos // block_size)  # (S, L)
+        slots = blocks * block_size + pos % block_size  # (S, L)
+        bias = None
+        if min(counts) != L:
+            bias = torch.zeros(len(lens), 1, 1, L, device=dev)
+            bias.masked_fill_((j[None, :] > last)[:, None, None, :], float("-inf"))
+        cache[window] = (slots, bias)
+    return cache[window]
+
+
+def _decode(q, k_cache, v_cache, meta, *, scale: float, window: int | None, softcap: float | None):
+    """One query per sequence: q (S, Hq, D) -> (S, Hq, Dv), attending the keys of `decode_keys`."""
+    S, hq, d = q.shape
+    bs, hkv, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    slots, bias = decode_keys(meta, bs, window)
+    L = slots.shape[1]
+    flat = slots.view(-1)
+    k = k_cache.view(-1, hkv, d).index_select(0, flat).view(S, L, hkv, d).transpose(1, 2)  # (S, Hkv, L, D)
+    v = v_cache.view(-1, hkv, dv).index_select(0, flat).view(S, L, hkv, dv).transpose(1, 2)  # (S, Hkv, L, Dv)
+    qf, k, v = q.float().view(S, hkv, hq // hkv, d), k.float(), v.float()  # (S, Hkv, g, D); no-ops in fp32
+    if softcap is None:
+        out = F.scaled_dot_product_attention(qf, k, v, attn_mask=bias, scale=scale)  # (S, Hkv, g, Dv)
+    else:
+        s = torch.matmul(qf, k.transpose(-1, -2)) * scale  # (S, Hkv, g, L)
+        s = softcap * torch.tanh(s / softcap)
+        if bias is not None:
+            s = s + bias
+        out = torch.matmul(torch.softmax(s, dim=-1), v)
+    return out.reshape(S, hq, dv)
+
+
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
@@ -71,6 +127,9 @@ class TorchAttentionBackend(AttentionBackend):
         k_cache, v_cache = kv_cache
         k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
+        if meta.is_decode:  # one query per sequence: row s of q is sequence s's
+            return _decode(q, k_cache, v_cache, meta, scale=scale, window=sliding_window,
+                           softcap=softcap).to(q.dtype)  # fmt: skip
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
         start = 0
         for s, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):

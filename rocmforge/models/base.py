@@ -7,6 +7,10 @@ Attribute names are the GGUF tensor names (`token_embd`, `blk.{i}.attn_q`, `outp
     per layer:  h = h + attn_output(Attn(rope(attn_q(n)), rope(attn_k(n)), attn_v(n))),  n = attn_norm(h)
                 h = h + ffn_down(act(ffn_gate(n)) * ffn_up(n)),                      n = ffn_norm(h)
     logits = output(output_norm(h))           (output = token_embd when the file ties them)
+
+The packed CPU path (models/packing.py) may replace the projections of a layer by one fused module
+per row of `FUSIONS` (their weights concatenated along the output dim, so one matmul reads them),
+and the head by a packed `output` module; the exact path keeps the separate `Linear`s.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from ..layers.embedding import Embedding, Vector
 from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding
+
+# Declared fusions (STYLE rule 2): fused module name -> the GGUF projections it concatenates, in order.
+FUSIONS: dict[str, tuple[str, ...]] = {
+    "attn_qkv": ("attn_q", "attn_k", "attn_v"),
+    "ffn_gate_up": ("ffn_gate", "ffn_up"),
+}
 
 
 class DecoderLayer(nn.Module):
@@ -45,6 +55,9 @@ class DecoderLayer(nn.Module):
         window = c.layer_window(layer_idx)
         self.attn = PagedAttention(layer_idx, backend, scale=c.attn_scale, sliding_window=window,
                                    softcap=c.attn_softcap)  # fmt: skip
+        # NOTE: plain attributes (not modules) until the packed path sets them: no state_dict entry.
+        self.attn_qkv: nn.Module | None = None  # (T, hidden) -> (T, (Hq + 2 Hkv) * D)
+        self.ffn_gate_up: nn.Module | None = None  # (T, hidden) -> (T, 2 * ffn)
 
     def qk_norm(self, q: torch.Tensor, k: torch.Tensor):  # (T, Hq, D), (T, Hkv, D): none by default
         return q, k
@@ -55,16 +68,24 @@ class DecoderLayer(nn.Module):
     def attention(self, x: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata):
         """x (T, hidden) already normed -> (T, hidden)."""
         T = x.shape[0]
-        q = self.attn_q(x).view(T, self.num_heads, self.head_dim)  # (T, Hq, D)
-        k = self.attn_k(x).view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
-        v = self.attn_v(x).view(T, self.num_kv_heads, self.v_head_dim)  # (T, Hkv, Dv)
+        if self.attn_qkv is None:
+            q, k, v = self.attn_q(x), self.attn_k(x), self.attn_v(x)
+        else:
+            nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = self.attn_qkv(x).split((nq, nkv, self.num_kv_heads * self.v_head_dim), dim=-1)
+        q = q.view(T, self.num_heads, self.head_dim)  # (T, Hq, D)
+        k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = v.view(T, self.num_kv_heads, self.v_head_dim)  # (T, Hkv, Dv)
         q, k = self.qk_norm(q, k)
         q, k = rope(q, *cos_sin), rope(k, *cos_sin)
         o = self.attn(q, k, v, meta)  # (T, Hq, Dv)
         return self.attn_output(o.reshape(T, self.num_heads * self.v_head_dim))
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:  # (T, hidden) -> (T, hidden)
-        return self.ffn_down(self.act(self.ffn_gate(x)) * self.ffn_up(x))
+        if self.ffn_gate_up is None:
+            return self.ffn_down(self.act(self.ffn_gate(x)) * self.ffn_up(x))
+        gate, up = self.ffn_gate_up(x).chunk(2, dim=-1)  # (T, ffn) each
+        return self.ffn_down(self.act(gate) * up)
 
     def forward(self, h: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata):
         h = h + self.attention(self.attn_norm(h), rope, cos_sin, meta)
@@ -109,7 +130,9 @@ class CausalLM(nn.Module):
             h = layer(h, self.rope[layer.rope_key], cos_sin[layer.rope_key], meta)
         if meta.logits_indices is not None:
             h = h[meta.logits_indices]  # (N, hidden): the norm and head are per row
-        logits = F.linear(self.output_norm(h), self.head_weight()).float()  # (N, vocab)
+        head = self._modules.get("output")  # NOTE: the packed path adds one for tied files too
+        x = self.output_norm(h)
+        logits = (F.linear(x, self.head_weight()) if head is None else head(x)).float()  # (N, vocab)
         if self.config.final_softcap is not None:
             c = self.config.final_softcap
             logits = c * torch.tanh(logits / c)
