@@ -105,8 +105,7 @@ class LLM:
 
             swapped = quantize_linears(self.model, self.gguf, dtype=self.dtype)
             logger.info("rocmforge: quantized linear layers %s", swapped or "none (no kernel for the types)")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # the dense weights just dropped
         if kv_cache_tokens is None:
             kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
         econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens)
