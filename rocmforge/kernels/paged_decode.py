@@ -39,11 +39,11 @@ from rocmforge.kernels.arch import Arch, current_arch, sm_count
 @triton.jit
 def _paged_decode_split_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, seq_lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
-    scale, softcap, window,
+    scale, softcap, window, num_splits,
     stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_bts, stride_os, stride_oh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -53,7 +53,7 @@ def _paged_decode_split_kernel(
     lo = 0
     if USE_WINDOW:
         lo = tl.maximum(L - window, 0)
-    chunk = tl.cdiv(tl.cdiv(L - lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    chunk = tl.cdiv(tl.cdiv(L - lo, num_splits), BLOCK_N) * BLOCK_N
     start = lo + split * chunk
     end = tl.minimum(start + chunk, L)
 
@@ -106,12 +106,12 @@ def _paged_decode_split_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
     else:
-        row = (seq * (GROUP * tl.num_programs(1)) + heads) * NUM_SPLITS + split  # (GROUP_PAD,)
+        row = (seq * (GROUP * tl.num_programs(1)) + heads) * num_splits + split  # (GROUP_PAD,)
         tl.store(m_ptr + row, m_i, mask=mask_g)
         tl.store(l_ptr + row, l_i, mask=mask_g)
         tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc,
@@ -120,16 +120,16 @@ def _paged_decode_split_kernel(
 
 @triton.jit
 def _paged_decode_reduce_kernel(
-    m_ptr, l_ptr, acc_ptr, out_ptr, stride_os, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    m_ptr, l_ptr, acc_ptr, out_ptr, num_splits, stride_os, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_i = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_i = offs_i < NUM_SPLITS
+    mask_i = offs_i < num_splits
     mask_d = offs_d < HEAD_DIM
-    row = (seq * tl.num_programs(1) + head) * NUM_SPLITS + offs_i  # (SPLITS_PAD,)
+    row = (seq * tl.num_programs(1) + head) * num_splits + offs_i  # (SPLITS_PAD,)
     m = tl.load(m_ptr + row, mask=mask_i, other=float("-inf"))
     lsum = tl.load(l_ptr + row, mask=mask_i, other=0.0)
     acc = tl.load(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :],
@@ -223,12 +223,12 @@ def paged_decode_attention(
         m = lsum = acc = out  # unused: the split kernel writes the output directly
     _paged_decode_split_kernel[(S, Hkv, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, m, lsum, acc, out,
-        float(scale), float(softcap or 1.0), int(sliding_window or 0),
+        float(scale), float(softcap or 1.0), int(sliding_window or 0), num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), PAGE=PAGE, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), PAGE=PAGE, BLOCK_N=block_n, SPLIT=num_splits > 1,
         USE_WINDOW=sliding_window is not None, USE_SOFTCAP=softcap is not None,
         # NOTE: triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot, so on CPU
         # the dots run in fp32 on upcast operands (bf16 x bf16 products are exact in fp32 anyway).
@@ -237,15 +237,16 @@ def paged_decode_attention(
     )
     if num_splits > 1:
         _paged_decode_reduce_kernel[(S, Hq)](
-            m, lsum, acc, out, out.stride(0), out.stride(1),
-            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), NUM_SPLITS=num_splits,
+            m, lsum, acc, out, num_splits, out.stride(0), out.stride(1),
+            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)),
             SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
         )
     return out
 
 
-_SPLIT_SIG_INTS = ("scale", "softcap", "window", "stride_qs", "stride_qh", "stride_kb", "stride_kt",
-                   "stride_kh", "stride_vb", "stride_vt", "stride_vh", "stride_bts", "stride_os", "stride_oh")
+_SPLIT_SIG_INTS = ("scale", "softcap", "window", "num_splits", "stride_qs", "stride_qh", "stride_kb",
+                   "stride_kt", "stride_kh", "stride_vb", "stride_vt", "stride_vh", "stride_bts", "stride_os",
+                   "stride_oh")
 
 
 def aot_specs(arch: Arch) -> list[dict]:
@@ -257,7 +258,7 @@ def aot_specs(arch: Arch) -> list[dict]:
         sig.update(bt_ptr="*i32", seq_lens_ptr="*i32", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32")
         sig.update({n: "fp32" if n in ("scale", "softcap") else "i32" for n in _SPLIT_SIG_INTS})
         const = dict(GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D, BLOCK_D=D, PAGE=16,
-                     BLOCK_N=cfg["BLOCK_N"], NUM_SPLITS=8, USE_WINDOW=False, USE_SOFTCAP=False,
+                     BLOCK_N=cfg["BLOCK_N"], SPLIT=True, USE_WINDOW=False, USE_SOFTCAP=False,
                      UPCAST=False, DOT=cfg["DOT"])
         sig.update({n: "constexpr" for n in const})
         sig = {n: sig[n] for n in _paged_decode_split_kernel.arg_names}  # argument order
@@ -266,8 +267,8 @@ def aot_specs(arch: Arch) -> list[dict]:
                           num_stages=cfg["num_stages"]))
         if G == 4:  # the reduce does not depend on the group
             rsig = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": f"*{dt}",
-                    "stride_os": "i32", "stride_oh": "i32"}
-            rconst = dict(HEAD_DIM=D, BLOCK_D=D, NUM_SPLITS=8, SPLITS_PAD=8)
+                    "num_splits": "i32", "stride_os": "i32", "stride_oh": "i32"}
+            rconst = dict(HEAD_DIM=D, BLOCK_D=D, SPLITS_PAD=8)
             rsig.update({n: "constexpr" for n in rconst})
             specs.append(dict(name=f"paged_decode_reduce_{dt}_d{D}", fn=_paged_decode_reduce_kernel,
                               signature=rsig, constexprs=rconst, num_warps=4, num_stages=1))
