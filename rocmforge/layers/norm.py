@@ -1,5 +1,9 @@
 """RMSNorm over the last dimension: y = x / sqrt(mean(x^2) + eps) * w, computed in float32.
 
+`add(x, residual)` is the pre-norm block's residual step: h = x + residual (in x.dtype, as the model
+stores its residual stream), returns (norm(h), h). On a GPU both run the Triton kernel
+(kernels/rmsnorm.py: one pass, the add fused); elsewhere the torch lines below, its twin.
+
 NOTE: Gemma's HF modules compute x * (1 + w); llama.cpp's converter stores (1 + w) in the GGUF, so
 every architecture here uses the stored weight as is (checked against HF in tests/models).
 """
@@ -17,6 +21,21 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
+        if x.is_cuda:
+            from ..kernels.rmsnorm import rms_norm  # imports Triton: GPU installs only
+
+            return rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).to(x.dtype)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor | None):  # (T, dim), (T, dim) | None
+        """-> (norm(x + residual), x + residual); with no residual yet, (norm(x), x)."""
+        if residual is None:
+            return self(x), x
+        if x.is_cuda:
+            from ..kernels.rmsnorm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, residual=residual)
+        h = x + residual
+        return self(h), h

@@ -42,19 +42,61 @@ class QuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, qtype={self.qweight.qtype}"
 
 
-def quantize_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtype) -> dict[str, int]:
-    """Replace each `Linear` named after a block-quantized GGUF tensor with a QuantLinear on the
-    weight's device; returns {qtype: count} of what was swapped. Module paths are tensor names."""
-    swapped: dict[str, int] = {}
+def _raw_rows(gguf_file: GGUFFile, name: str, device) -> torch.Tensor:  # (out, row bytes) uint8
+    info = gguf_file.tensors[name]
+    return torch.from_numpy(gguf_file.raw(name).copy()).to(device).view(info.shape[0], -1)
+
+
+def fuse_quant_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtype) -> int:
+    """Run each row of models/base.FUSIONS (q/k/v, gate/up) as one QuantLinear where its parts share a
+    quant type: their GGUF rows stacked (exact: rows are independent blocks), one GEMV instead of 2-3.
+    The parts become None. Returns how many fused modules were made."""
+    from ..models.base import FUSIONS
+
+    made = 0
     for path, mod in list(model.named_modules()):
+        for fused, members in FUSIONS.items():
+            if not hasattr(mod, fused) or getattr(mod, fused) is not None:
+                continue
+            parts = [getattr(mod, m, None) for m in members]
+            infos = [gguf_file.tensors.get(f"{path}.{m}.weight") for m in members]
+            if any(type(p) is not Linear for p in parts) or any(i is None for i in infos):
+                continue
+            if len({i.qtype_name for i in infos}) != 1 or infos[0].qtype_name not in QTYPE_NAMES:
+                continue
+            biases = [p.bias for p in parts]
+            if any(b is None for b in biases) and not all(b is None for b in biases):
+                continue
+            dev = parts[0].weight.device
+            raw = torch.cat([_raw_rows(gguf_file, i.name, dev) for i in infos])  # (sum out, row bytes)
+            n_out, k = raw.shape[0], infos[0].shape[1]
+            bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+            setattr(mod, fused, QuantLinear(split_planes(raw, infos[0].qtype_name, n_out, k), bias, dtype))
+            for m in members:
+                setattr(mod, m, None)
+            made += 1
+    return made
+
+
+def quantize_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtype) -> dict[str, int]:
+    """Fuse what FUSIONS allows (fuse_quant_linears), then replace each remaining `Linear` named after a
+    block-quantized GGUF tensor with a QuantLinear on the weight's device; returns {qtype: count} of
+    the GGUF tensors now held quantized. Module paths are tensor names."""
+    from ..models.base import FUSIONS
+
+    swapped: dict[str, int] = {}
+    fuse_quant_linears(model, gguf_file, dtype=dtype)
+    for path, mod in list(model.named_modules()):
+        attr = path.rpartition(".")[2]
+        if type(mod) is QuantLinear and attr in FUSIONS:  # made by the fusion above
+            swapped[mod.qweight.qtype] = swapped.get(mod.qweight.qtype, 0) + len(FUSIONS[attr])
         if type(mod) is not Linear:
             continue
         info = gguf_file.tensors.get(f"{path}.weight")
         if info is None or info.qtype_name not in QTYPE_NAMES:
             continue
-        dev = mod.weight.device
         n_out, k = info.shape
-        raw = torch.from_numpy(gguf_file.raw(info.name).copy()).to(dev).view(n_out, -1)  # (out, row bytes)
+        raw = _raw_rows(gguf_file, info.name, mod.weight.device)  # (out, row bytes)
         q = QuantLinear(split_planes(raw, info.qtype_name, n_out, k), mod.bias, dtype)
         parent_path, _, attr = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, attr, q)

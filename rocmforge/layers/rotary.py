@@ -12,16 +12,30 @@ Pair i (0 <= i < d/2, d = rope_dim) of a head at position p is rotated by the an
 
 where the pair is (x[2i], x[2i+1]) in the normal layout and (x[i], x[i + d/2]) in the NeoX layout.
 Dims past rope_dim pass through unchanged.
+
+`prepare(positions, factors, max_pos)` + `rotate(q, k, prepared)` is what the model calls: on a GPU
+the Triton kernel (kernels/rope.py) rotates q and k in place from an angle table [cos | sin]
+(max_pos, d) computed once in float64 (grown on demand, from host sizes only); elsewhere
+`cos_sin` + `forward` below, the torch twin.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..config import RopeScaling
+
+
+@dataclass
+class RopeTable:
+    """The GPU form of prepared RoPE angles: the kernel's positions and its [cos | sin] table."""
+
+    positions: torch.Tensor  # (T,) int64
+    table: torch.Tensor  # (max_pos, rope_dim) fp32
 
 
 def rope_inv_freq(dim: int, base: float, scaling: RopeScaling | None = None) -> torch.Tensor:  # (dim/2,)
@@ -51,8 +65,11 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.dim, self.neox = dim, neox
         self.mscale = scaling.attn_factor if scaling is not None and scaling.type == "yarn" else 1.0
-        inv = rope_inv_freq(dim, base, scaling).to(device=device, dtype=torch.float32)
+        inv64 = rope_inv_freq(dim, base, scaling)
+        inv = inv64.to(device=device, dtype=torch.float32)
         self.register_buffer("inv_freq", inv, persistent=False)  # (dim/2,)
+        self._inv64 = inv64  # NOTE: a plain CPU attribute: model.to(dtype) must not round it
+        self._table: torch.Tensor | None = None  # GPU angle table, (rows, dim) fp32
 
     def cos_sin(self, positions: torch.Tensor, freq_factors: torch.Tensor | None = None):
         """positions (T,) int64 -> cos, sin each (T, 1, dim/2) float32, broadcast over heads."""
@@ -62,6 +79,27 @@ class RotaryEmbedding(nn.Module):
         if self.mscale != 1.0:
             cos, sin = cos * self.mscale, sin * self.mscale
         return cos[:, None, :], sin[:, None, :]
+
+    def prepare(self, positions: torch.Tensor, freq_factors: torch.Tensor | None, max_pos: int):
+        """What `rotate` needs for these positions (all < max_pos): (cos, sin), or a RopeTable on a GPU."""
+        if not positions.is_cuda:
+            return self.cos_sin(positions, freq_factors)
+        t = self._table
+        if t is None or t.shape[0] < max_pos or t.device != positions.device:
+            rows = max(max_pos, 4096 if t is None else 2 * t.shape[0])
+            inv = self._inv64 if freq_factors is None else self._inv64 / freq_factors.double().cpu()
+            ang = torch.arange(rows, dtype=torch.float64)[:, None] * inv[None, :]  # (rows, dim/2)
+            t = (torch.cat((ang.cos(), ang.sin()), dim=-1) * self.mscale).float().to(positions.device)
+            self._table = t
+        return RopeTable(positions, t)
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, prepared):  # (T, Hq, D), (T, Hkv, D)
+        """-> rotated (q, k): in place by the kernel on a GPU, new tensors on the torch path."""
+        if isinstance(prepared, RopeTable):
+            from ..kernels.rope import apply_rope  # imports Triton: GPU installs only
+
+            return apply_rope(q, k, prepared.positions, prepared.table, neox=self.neox, rot_dim=self.dim)
+        return self(q, *prepared), self(k, *prepared)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x (T, H, D) -> rotated (T, H, D); cos/sin from `cos_sin` of the same positions."""

@@ -62,8 +62,18 @@ class DecoderLayer(nn.Module):
     def qk_norm(self, q: torch.Tensor, k: torch.Tensor):  # (T, Hq, D), (T, Hkv, D): none by default
         return q, k
 
-    def act(self, gate: torch.Tensor) -> torch.Tensor:
-        return F.silu(gate)
+    GELU = False  # the gated FFN's activation: silu (False) or gelu-tanh (True)
+
+    def act_mul(self, gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+        """act(gate) * up (T, ffn); with up None, gate is the fused (T, 2 ffn) gate_up output."""
+        if gate.is_cuda:  # one Triton pass (kernels/activations.py)
+            from ..kernels.activations import gelu_tanh_and_mul, silu_and_mul
+
+            return (gelu_tanh_and_mul if self.GELU else silu_and_mul)(gate, up)
+        if up is None:
+            gate, up = gate.chunk(2, dim=-1)
+        act = F.gelu(gate, approximate="tanh") if self.GELU else F.silu(gate)
+        return act * up
 
     def attention(self, x: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata):
         """x (T, hidden) already normed -> (T, hidden)."""
@@ -77,19 +87,23 @@ class DecoderLayer(nn.Module):
         k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(T, self.num_kv_heads, self.v_head_dim)  # (T, Hkv, Dv)
         q, k = self.qk_norm(q, k)
-        q, k = rope(q, *cos_sin), rope(k, *cos_sin)
+        q, k = rope.rotate(q, k, cos_sin)
         o = self.attn(q, k, v, meta)  # (T, Hq, Dv)
         return self.attn_output(o.reshape(T, self.num_heads * self.v_head_dim))
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:  # (T, hidden) -> (T, hidden)
         if self.ffn_gate_up is None:
-            return self.ffn_down(self.act(self.ffn_gate(x)) * self.ffn_up(x))
-        gate, up = self.ffn_gate_up(x).chunk(2, dim=-1)  # (T, ffn) each
-        return self.ffn_down(self.act(gate) * up)
+            return self.ffn_down(self.act_mul(self.ffn_gate(x), self.ffn_up(x)))
+        return self.ffn_down(self.act_mul(self.ffn_gate_up(x)))
 
-    def forward(self, h: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata):
-        h = h + self.attention(self.attn_norm(h), rope, cos_sin, meta)
-        return h + self.ffn(self.ffn_norm(h))
+    def forward(self, h: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata,
+                residual: torch.Tensor | None = None):  # fmt: skip
+        """The residual stream is h + residual (residual None: h alone); returns the pair after this
+        layer, so each norm fuses the add before it (RMSNorm.add)."""
+        x, residual = self.attn_norm.add(h, residual)
+        h = self.attention(x, rope, cos_sin, meta)
+        x, residual = self.ffn_norm.add(h, residual)
+        return self.ffn(x), residual
 
 
 class CausalLM(nn.Module):
@@ -124,14 +138,15 @@ class CausalLM(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # (N, vocab) float32, N = len(meta.logits_indices) or T
         factors = self.rope_freqs.weight if self.config.rope_freq_factors else None
-        cos_sin = {k: r.cos_sin(positions, factors if k == "global" else None) for k, r in self.rope.items()}
-        h = self.token_embd(input_ids)  # (T, hidden)
+        cos_sin = {k: r.prepare(positions, factors if k == "global" else None, meta.max_seq_len)
+                   for k, r in self.rope.items()}  # fmt: skip
+        h, residual = self.token_embd(input_ids), None  # (T, hidden): the stream is h + residual
         for layer in self.blk:
-            h = layer(h, self.rope[layer.rope_key], cos_sin[layer.rope_key], meta)
-        if meta.logits_indices is not None:
-            h = h[meta.logits_indices]  # (N, hidden): the norm and head are per row
+            h, residual = layer(h, self.rope[layer.rope_key], cos_sin[layer.rope_key], meta, residual)
+        if meta.logits_indices is not None:  # (N, hidden): the norm and head are per row
+            h, residual = h[meta.logits_indices], residual[meta.logits_indices]
         head = self._modules.get("output")  # NOTE: the packed path adds one for tied files too
-        x = self.output_norm(h)
+        x, _ = self.output_norm.add(h, residual)
         logits = (F.linear(x, self.head_weight()) if head is None else head(x)).float()  # (N, vocab)
         if self.config.final_softcap is not None:
             c = self.config.final_softcap

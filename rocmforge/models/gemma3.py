@@ -11,7 +11,6 @@ x * (1 + w); the GGUF already stores 1 + w, so RMSNorm uses the stored weight as
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..attention.base import AttentionBackend
 from ..config import ModelConfig
@@ -31,12 +30,13 @@ class Gemma3DecoderLayer(DecoderLayer):
     def qk_norm(self, q: torch.Tensor, k: torch.Tensor):  # (T, Hq, D), (T, Hkv, D), normed over D
         return self.attn_q_norm(q), self.attn_k_norm(k)
 
-    def act(self, gate: torch.Tensor) -> torch.Tensor:
-        return F.gelu(gate, approximate="tanh")
+    GELU = True
 
-    def forward(self, h, rope, cos_sin, meta):
-        h = h + self.post_attention_norm(self.attention(self.attn_norm(h), rope, cos_sin, meta))
-        return h + self.post_ffw_norm(self.ffn(self.ffn_norm(h)))
+    def forward(self, h, rope, cos_sin, meta, residual=None):  # the stream is h + residual, as in the base
+        x, residual = self.attn_norm.add(h, residual)
+        h = self.post_attention_norm(self.attention(x, rope, cos_sin, meta))
+        x, residual = self.ffn_norm.add(h, residual)
+        return self.post_ffw_norm(self.ffn(x)), residual
 
 
 class Gemma3ForCausalLM(CausalLM):

@@ -55,3 +55,37 @@ def test_swaps_and_matches_dense(gguf_file):
             x = torch.randn(rows, k, generator=g).to(dev, torch.float16)
             ref = x.float() @ w.T
             torch.testing.assert_close(layer(x).float(), ref, atol=2e-2, rtol=1e-2)
+
+
+class _AttnBlock(nn.Module):  # the DecoderLayer attributes FUSIONS names
+    def __init__(self):
+        super().__init__()
+        self.attn_q, self.attn_k, self.attn_v = Linear(576, 576), Linear(576, 192), Linear(576, 192)
+        self.ffn_gate, self.ffn_up = Linear(576, 1536), Linear(576, 1536)
+        self.attn_qkv = self.ffn_gate_up = None
+
+
+class _TinyFused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blk = nn.ModuleList([_AttnBlock()])
+
+
+def test_fuses_qkv_and_gate_up_exactly(gguf_file):
+    """q/k/v (and gate/up) of one quant type become one QuantLinear over the stacked GGUF rows: its
+    dequantized weight is the exact concatenation, the parts are dropped."""
+    if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the quant kernels need a GPU or TRITON_INTERPRET=1")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _TinyFused().to(dev)
+    swapped = quantize_linears(model, gguf_file, dtype=torch.float16)
+    assert swapped == {"Q4_1": 5}
+    blk = model.blk[0]
+    assert blk.attn_q is None and blk.ffn_up is None
+    for fused, parts in (("attn_qkv", ("attn_q", "attn_k", "attn_v")),
+                         ("ffn_gate_up", ("ffn_gate", "ffn_up"))):
+        layer = getattr(blk, fused)
+        w = torch.cat([gguf_file.load(f"blk.0.{p}.weight") for p in parts]).to(dev)
+        assert isinstance(layer, QuantLinear) and torch.equal(layer.dense_weight(), w)
+        x = torch.randn(2, 576, generator=torch.Generator().manual_seed(1)).to(dev, torch.float16)
+        torch.testing.assert_close(layer(x).float(), x.float() @ w.T, atol=2e-2, rtol=1e-2)
