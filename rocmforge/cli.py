@@ -36,6 +36,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="split the model over N processes (GPUs; gloo on CPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="GPU: fraction of device memory for weights + activations + KV cache")
+    p.add_argument("--enforce-eager", action="store_true", help="GPU: run decode eagerly (no CUDA graphs)")
     p.add_argument("-v", "--verbose", action="store_true", help="log the device and print speed to stderr")
 
 
@@ -108,7 +109,8 @@ def _llm(a: argparse.Namespace):
     if a.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     return LLM(a.model, device=a.device, max_model_len=a.max_model_len,
-               gpu_memory_utilization=a.gpu_memory_utilization, tensor_parallel_size=a.tensor_parallel_size)
+               gpu_memory_utilization=a.gpu_memory_utilization, tensor_parallel_size=a.tensor_parallel_size,
+               enforce_eager=a.enforce_eager)
 
 
 def _stream(llm, chunks, verbose: bool) -> str:

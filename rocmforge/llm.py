@@ -73,6 +73,7 @@ class LLM:
         gpu_memory_utilization: float = 0.9,
         quantized_weights: bool | None = None,
         tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
     ):
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
@@ -108,7 +109,9 @@ class LLM:
             torch.cuda.empty_cache()  # the dense weights just dropped
         if kv_cache_tokens is None:
             kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
-        econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens)
+        # enforce_eager (vLLM's name): no CUDA graphs for decode (engine/cuda_graph.py)
+        econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens,
+                             cuda_graphs=not enforce_eager)  # fmt: skip
         self.engine = LLMEngine(self.model, tok, cfg, econf, device=self.device, dtype=self.dtype, seed=seed)
         self.last_output: RequestOutput | None = None  # set by stream() when a stream completes
 

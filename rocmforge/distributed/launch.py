@@ -96,7 +96,8 @@ class TensorParallelLLM(LLM):
                  dtype: torch.dtype | None = None, max_model_len: int | None = None, seed: int | None = None,
                  kv_cache_tokens: int | None = None, attention_backend: str | None = None,
                  gpu_memory_utilization: float = 0.9, quantized_weights: bool | None = None,
-                 timeout_s: float = 600.0):  # fmt: skip
+                 timeout_s: float = 600.0, enforce_eager: bool = True):  # fmt: skip
+        # NOTE: always eager (enforce_eager is accepted for LLM's signature): see cuda_graphs=False below
         world = int(tensor_parallel_size)
         if world < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
@@ -143,7 +144,8 @@ class TensorParallelLLM(LLM):
                     cfg.num_heads, plan.num_kv_heads, cfg.num_kv_heads)  # fmt: skip
         if kv_cache_tokens is None:
             kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
-        econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens)
+        econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens,
+                             cuda_graphs=False)  # NOTE: rank 0's proxy broadcasts each step from the host
         self.engine = TPEngine(self.model, self.tokenizer, self.model_config, econf, device=self.device,
                                dtype=self.dtype, seed=seed)  # fmt: skip
         self.last_output: RequestOutput | None = None

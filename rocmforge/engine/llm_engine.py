@@ -26,6 +26,7 @@ from ..attention.metadata import build_metadata
 from ..cache.kv_cache import allocate_kv_cache
 from ..config import ModelConfig
 from ..sampling_params import SamplingParams
+from .cuda_graph import DecodeGraphs
 from .outputs import CompletionOutput, IncrementalText, RequestOutput
 from .plan import SchedulePlan, StepOutput
 from .sampler import Sampler, SamplingRow, seeded_generator, top_logprobs
@@ -40,6 +41,7 @@ class EngineConfig:
     max_num_seqs: int = 64  # sequences decoding together
     max_num_batched_tokens: int = 2048  # tokens in one forward (longer prompts are prefilled in chunks)
     enable_prefix_caching: bool = True
+    cuda_graphs: bool = True  # graph-captured decode on a GPU (engine/cuda_graph.py); False: always eager
 
 
 @dataclass
@@ -88,6 +90,11 @@ class LLMEngine:
             enable_prefix_caching=config.enable_prefix_caching,
         ))  # fmt: skip
         self.kv_caches = self._allocate(num_blocks)
+        self.graphs = None
+        if config.cuda_graphs and self.device.type == "cuda":
+            self.graphs = DecodeGraphs(model, self.kv_caches, max_num_seqs=config.max_num_seqs,
+                                       max_model_len=config.max_model_len, block_size=bs,
+                                       device=self.device)  # fmt: skip
         self.sampler = Sampler(seed)
         self.eog_ids = frozenset(int(t) for t in tokenizer.eog_ids)
         self._requests: dict[str, _Request] = {}
@@ -164,6 +171,10 @@ class LLMEngine:
             for s in req.samples
         ]
         return RequestOutput(rid, req.prompt, list(req.prompt_ids), outs, req.prompt_logprobs, req.finished)
+
+    def num_generated(self, rid: str, index: int = 0) -> int:
+        """Tokens sample `index` of a request has so far (cheap: no output objects built)."""
+        return len(self._requests[rid].samples[index].token_ids)
 
     def abort(self, rid: str) -> None:
         """Forget a request: stop its unfinished samples and free their blocks (a no-op if gone)."""
@@ -253,6 +264,13 @@ class LLMEngine:
             for k, v in self.kv_caches:
                 k[dst].copy_(k[src])
                 v[dst].copy_(v[src])
+        if self.graphs is not None and all(len(e.token_ids) == 1 and e.sample for e in plan.seqs):
+            seqs = plan.seqs
+            with torch.inference_mode():
+                logits = self.graphs.run([e.token_ids[0] for e in seqs], [e.start_pos for e in seqs],
+                                         [e.block_table for e in seqs])  # fmt: skip
+            if logits is not None:
+                return logits  # (S, V)
         logits = self._forward([(list(e.token_ids), e.start_pos) for e in plan.seqs],
                                [list(e.block_table) for e in plan.seqs], self.kv_caches, "last")  # (S, V)
         rows = [i for i, e in enumerate(plan.seqs) if e.sample]
