@@ -134,7 +134,8 @@ def top_logprobs(raw: torch.Tensor, k: int, chosen: int) -> dict[int, float]:
 class Sampler:
     """Samples one token for each row of a (S, V) logits batch; stateless apart from the default rng."""
 
-    def __init__(self, seed: int | None = None):
+    def __init__(self, seed: int | None = None, *, on_device: bool | None = None):
+        self.on_device = on_device  # None: where the logits are (GPU logits -> engine/device_sampler.py)
         self.default_generator = torch.Generator(device="cpu")
         if seed is None:
             self.default_generator.seed()
@@ -145,7 +146,10 @@ class Sampler:
         """logits: (S, V) raw model outputs, one row per entry of `rows`."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"sampler got logits of shape {tuple(logits.shape)} for {len(rows)} sequences")
-        # NOTE: CPU sampler for now; the draw is small next to the model's forward.
+        if self.on_device or (self.on_device is None and logits.device.type == "cuda"):
+            from .device_sampler import sample_on_device  # imports Triton
+
+            return sample_on_device(logits.detach(), rows, self.default_generator)
         logits = logits.detach().float().cpu()
         tokens: list[int] = []
         for i, row in enumerate(rows):

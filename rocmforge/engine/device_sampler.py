@@ -1,0 +1,108 @@
+"""The sampler's GPU path: the same transforms as engine/sampler.py over the whole batch on the device.
+
+    z = raw logits (S, V) fp32
+    penalties        kernels/sampling.apply_penalties: repetition over prompt + output, frequency /
+                     presence over output counts (counts built on the device from the id lists)
+    banned           z[s, banned ids] = -inf
+    temperature      z / T per row (greedy rows: T = 0, left as is)
+    top-k/p, min-p   kernels/sampling.apply_top_k_top_p_min_p (one sort per row)
+    draw             kernels/sampling.sample_gumbel: argmax(z + Gumbel noise), Philox keyed by
+                     (seed, offset): greedy rows take argmax z
+
+so the (S, V) logits never leave the GPU: one host sync per step, for the S token ids (plus the
+requested logprobs, which are log_softmax of the raw logits as on the CPU path). A seeded sample's
+seed is its CPU generator's initial seed (engine/sampler.seeded_generator) and its offset the
+number of tokens it has drawn, so its draws are reproducible; an unseeded row takes a fresh seed from
+the sampler's default generator. The draws differ from the CPU path's torch.multinomial ones
+(another random stream), the distribution is the same.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.sampling import apply_penalties, apply_top_k_top_p_min_p, sample_gumbel
+from .sampler import SampleResult, SamplingRow
+
+
+def _counts(rows: list[SamplingRow], V: int, device, prompt: bool) -> torch.Tensor:
+    """(S, V) int32 output-token counts, or with prompt=True a bool mask of the prompt tokens."""
+    r_idx, t_idx = [], []
+    for r, row in enumerate(rows):
+        ids = row.prompt_ids if prompt else row.output_ids
+        r_idx.extend([r] * len(ids))
+        t_idx.extend(ids)
+    out = torch.zeros(len(rows), V, dtype=torch.int32, device=device)
+    if t_idx:
+        idx = torch.tensor([r_idx, t_idx], dtype=torch.int64).to(device, non_blocking=True)
+        out.index_put_((idx[0], idx[1]), torch.ones(len(t_idx), dtype=torch.int32, device=device),
+                       accumulate=True)  # fmt: skip
+    return out > 0 if prompt else out
+
+
+def _row_params(rows: list[SamplingRow]) -> torch.Tensor:
+    """(7, S) float64 host table: T, top_k, top_p, min_p, repetition, frequency, presence."""
+    return torch.tensor([[0.0 if r.params.greedy else r.params.temperature for r in rows],
+                         [r.params.top_k for r in rows], [r.params.top_p for r in rows],
+                         [r.params.min_p for r in rows], [r.params.repetition_penalty for r in rows],
+                         [r.params.frequency_penalty for r in rows],
+                         [r.params.presence_penalty for r in rows]], dtype=torch.float64)  # fmt: skip
+
+
+def sample_on_device(logits: torch.Tensor, rows: list[SamplingRow],
+                     default_generator: torch.Generator) -> SampleResult:  # fmt: skip
+    """logits (S, V) raw model outputs on the device, one row per entry of `rows`."""
+    S, V = logits.shape
+    dev = logits.device
+    raw = logits.float()
+    sp = [r.params for r in rows]
+    if all(p.greedy and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
+           for p in sp) and not any(r.banned_ids for r in rows):  # the common decode batch: one argmax
+        return _result(raw.argmax(dim=-1), raw, rows)
+    z = raw.clone() if raw is logits else raw  # the raw logits stay for logprobs
+    table = _row_params(rows).to(dev, torch.float32, non_blocking=True)  # (7, S)
+    temp, top_k, top_p, min_p, rep, freq, pres = table
+    if any(r.params.repetition_penalty != 1.0 or r.params.frequency_penalty or r.params.presence_penalty
+           for r in rows):
+        counts = _counts(rows, V, dev, prompt=False)
+        rep_on = any(r.params.repetition_penalty != 1.0 for r in rows)
+        prompt = _counts(rows, V, dev, prompt=True) if rep_on else None
+        apply_penalties(z, counts if prompt is None else (prompt, counts), rep, freq, pres)
+    banned = [(r, t) for r, row in enumerate(rows) for t in row.banned_ids]
+    if banned:
+        idx = torch.tensor(banned, dtype=torch.int64).T.to(dev, non_blocking=True)  # (2, nb)
+        z[idx[0], idx[1]] = float("-inf")
+    if not all(r.params.greedy for r in rows):
+        z = apply_top_k_top_p_min_p(z / torch.where(temp > 0, temp, 1.0)[:, None], top_k.long(), top_p, min_p)
+    if all(r.params.greedy for r in rows):  # argmax (first index on ties, as the Gumbel kernel at T = 0)
+        tokens = z.argmax(dim=-1)
+        return _result(tokens, raw, rows)
+    seeds = [r.generator.initial_seed() if r.generator is not None
+             else int(torch.randint(0, 1 << 62, (), generator=default_generator)) for r in rows]  # fmt: skip
+    offsets = [len(r.output_ids) for r in rows]
+    keys = torch.tensor([seeds, offsets], dtype=torch.int64).to(dev, non_blocking=True)  # (2, S)
+    # NOTE: z is already divided by T; the kernel divides by its temperatures, so give it 1 (or 0: greedy)
+    tokens = sample_gumbel(z.contiguous(), (temp > 0).float(), keys[0].contiguous(), keys[1].contiguous())
+    return _result(tokens, raw, rows)
+
+
+def _result(tokens: torch.Tensor, raw: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
+    """Token ids (S,) and, where asked, logprobs of the raw logits (S, V): one host sync each."""
+    S, V = raw.shape
+    want = [r.params.logprobs for r in rows]
+    if all(k is None for k in want):
+        return SampleResult(tokens.tolist(), [None] * S)
+    lp = torch.log_softmax(raw, dim=-1)  # (S, V)
+    kmax = max(k for k in want if k is not None)
+    top_v, top_i = torch.topk(lp, min(max(kmax, 1), V), dim=-1)  # (S, kmax)
+    chosen = lp.gather(1, tokens[:, None])[:, 0]  # (S,)
+    tok, top_v, top_i, chosen = tokens.tolist(), top_v.tolist(), top_i.tolist(), chosen.tolist()
+    out: list[dict[int, float] | None] = []
+    for s, k in enumerate(want):
+        if k is None:
+            out.append(None)
+            continue
+        d = {int(i): float(v) for i, v in zip(top_i[s][:k], top_v[s][:k])}
+        d.setdefault(tok[s], float(chosen[s]))
+        out.append(d)
+    return SampleResult(tok, out)
