@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .measure import BenchConfig, EngineBench, copy_bandwidth, decode_bandwidth
+from .measure import BenchConfig, EngineBench, copy_bandwidth, decode_bandwidth, model_weight_bytes
 from .specs import SPECS
 
 BLOCK = 16  # the engine's KV block size (EngineConfig.block_size)
@@ -47,6 +47,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("-c", "--concurrency", type=int, default=4, help="load test requests (0: skip)")
     b.add_argument("--load-prompt", type=int, default=128, help="load test prompt tokens per request")
     b.add_argument("--load-output", type=int, default=128, help="load test output tokens per request")
+    b.add_argument("--enforce-eager", action="store_true", help="GPU: no CUDA graphs for decode")
     b.add_argument("--baseline", choices=("none", "hf"), default="none", help="hf: HF transformers too")
     b.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer (1024 GPU, 128 CPU)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -116,7 +117,8 @@ def run(a: argparse.Namespace) -> dict:
     f = GGUFFile(path)
     max_len, kv_tokens = cache_sizes(cfg, ModelConfig.from_gguf(f).context_length)
     t0 = time.perf_counter()
-    llm = LLM(str(path), device=str(device), max_model_len=max_len, kv_cache_tokens=kv_tokens)
+    llm = LLM(str(path), device=str(device), max_model_len=max_len, kv_cache_tokens=kv_tokens,
+              enforce_eager=a.enforce_eager)
     load_s = time.perf_counter() - t0
     c = llm.model_config
     out: dict = {
@@ -126,7 +128,8 @@ def run(a: argparse.Namespace) -> dict:
                   "quant_types": dict(Counter(t.qtype_name for t in f.tensors.values()).most_common())},
         "device": {"type": device.type, "name": device_name(device), "dtype": str(llm.dtype)[6:],
                    "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "load_s": load_s, "pp": None, "tg": None, "load": None, "bandwidth": None, "baseline": None,
+        "load_s": load_s, "weight_bytes": model_weight_bytes(llm.model),
+        "pp": None, "tg": None, "load": None, "bandwidth": None, "baseline": None,
     }  # fmt: skip
     bench = EngineBench(llm, cfg)
     bench.warm_up()
@@ -140,7 +143,9 @@ def run(a: argparse.Namespace) -> dict:
         copy_bytes = (a.copy_mib or (1024 if device.type == "cuda" else 128)) * 2**20
         bw = decode_bandwidth(llm, out["tg"]["tok_s"], cfg.n_gen, copy_bandwidth(device, copy_bytes))
         out["bandwidth"] = {**bw, "copy_bytes": copy_bytes}
-    del bench, llm  # NOTE: free our weights and KV cache before the baseline allocates its own
+    g = llm.engine.graphs
+    out["cuda_graphs"] = None if g is None else {"captured": sorted(g.captured), "disabled": g.disabled}
+    del bench, llm, g  # NOTE: free our weights and KV cache before the baseline allocates its own
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

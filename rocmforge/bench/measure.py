@@ -58,6 +58,16 @@ def weight_bytes_per_token(tensors: Mapping[str, torch.Tensor], tied: bool) -> i
     return rest + (emb.numel() if head_is_table else emb.shape[-1]) * emb.element_size()
 
 
+def quant_bytes(model) -> int:
+    """Bytes of the GGUF blocks QuantLinear layers keep (not in state_dict: plain tensor attributes)."""
+    return sum(m.qweight.nbytes for m in model.modules() if getattr(m, "qweight", None) is not None)
+
+
+def model_weight_bytes(model) -> int:
+    """Every weight the model holds on its device: state_dict tensors + quantized blocks."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) + quant_bytes(model)
+
+
 def kv_bytes(config: ModelConfig, context: int, itemsize: int) -> int:
     """K + V bytes read by one decode step whose context (new token included) is `context` tokens."""
     per_pos = config.num_kv_heads * (config.head_dim + config.v_head_dim) * itemsize
@@ -120,7 +130,7 @@ class EngineBench:
                 _sync(dev)
                 now = time.perf_counter() - t0
                 for r, rid in enumerate(rids):
-                    n = len(eng.output(rid).outputs[0].token_ids)
+                    n = eng.num_generated(rid)
                     stamps[r] += [now] * (n - len(stamps[r]))
         finally:
             for rid in rids:
@@ -174,11 +184,11 @@ def decode_bandwidth(llm, tg_tok_s: float, n_gen: int, copy_bytes_s: float) -> d
     """GB/s of batch-1 decode from the bytes arithmetic above, and its share of the measured copy."""
     cfg: ModelConfig = llm.model_config
     itemsize = llm.dtype.itemsize  # the KV cache is allocated in the engine's dtype
-    w = weight_bytes_per_token(llm.model.state_dict(), cfg.tied_embeddings)
+    w = weight_bytes_per_token(llm.model.state_dict(), cfg.tied_embeddings) + quant_bytes(llm.model)
     kv = mean_kv_bytes_tg(cfg, n_gen, itemsize)
     gbs = (w + kv) * tg_tok_s / 1e9
     return {"weight_bytes_per_token": w, "kv_bytes_per_token_mean": kv, "gb_s": gbs,
             "copy_gb_s": copy_bytes_s / 1e9, "pct_of_copy": 100.0 * gbs / (copy_bytes_s / 1e9),
             "formula": "(weights + mean KV bytes per token) * tg tok/s; weights = model.state_dict() "
-                       "bytes as stored, embedding: one row (whole table if it is the head); "
-                       "KV over contexts 1..N"}  # fmt: skip
+                       "bytes as stored + quantized blocks, embedding: one row (whole table if it is "
+                       "the head); KV over contexts 1..N"}  # fmt: skip
