@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .attention.metadata import build_metadata
-from .cache.kv_cache import allocate_kv_cache, kv_cache_bytes, kv_tokens_for_budget
+from .cache.kv_cache import allocate_kv_cache, kv_cache_bytes, kv_tokens_for_budget, resolve_kv_dtype
 from .config import ModelConfig
 from .engine.llm_engine import EngineConfig, LLMEngine
 from .engine.outputs import RequestOutput
@@ -74,6 +74,7 @@ class LLM:
         quantized_weights: bool | None = None,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
+        kv_cache_dtype: str = "auto",
     ):
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
@@ -91,6 +92,7 @@ class LLM:
                              f"({cfg.context_length}), got {max_model_len}")
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        self.kv_dtype = resolve_kv_dtype(kv_cache_dtype, self.dtype)
         if attention_backend is None:  # the Triton kernels on a GPU, the torch reference on CPU
             attention_backend = "torch" if self.device.type == "cpu" else "triton"
         logger.info("rocmforge: %s on %s (%s, %s attention)", self.path.name, self.device, self.dtype,
@@ -111,7 +113,7 @@ class LLM:
             kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
         # enforce_eager (vLLM's name): no CUDA graphs for decode (engine/cuda_graph.py)
         econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens,
-                             cuda_graphs=not enforce_eager)  # fmt: skip
+                             kv_cache_dtype=self.kv_dtype, cuda_graphs=not enforce_eager)  # fmt: skip
         self.engine = LLMEngine(self.model, tok, cfg, econf, device=self.device, dtype=self.dtype, seed=seed)
         self.last_output: RequestOutput | None = None  # set by stream() when a stream completes
 
@@ -123,7 +125,7 @@ class LLM:
         bs, cfg = 16, self.model_config
         warm = min(max_model_len, 2048)  # the engine's default max_num_batched_tokens
         nb = -(-warm // bs)
-        scratch = allocate_kv_cache(cfg, nb, bs, device=self.device, dtype=self.dtype)
+        scratch = allocate_kv_cache(cfg, nb, bs, device=self.device, dtype=self.kv_dtype)
         meta = build_metadata([warm], [0], [list(range(nb))], bs, scratch, self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         with torch.inference_mode():
@@ -134,16 +136,16 @@ class LLM:
         del scratch, meta
         torch.cuda.empty_cache()
         act_peak = peak - torch.cuda.memory_allocated(self.device)  # warm-up activations + scratch cache
-        act_peak -= kv_cache_bytes(cfg, nb, bs, self.dtype)
+        act_peak -= kv_cache_bytes(cfg, nb, bs, self.kv_dtype)
         free, total = torch.cuda.mem_get_info(self.device)
         used = (total - free) + max(0, act_peak)  # weights, CUDA context, other processes, activations
-        tokens = kv_tokens_for_budget(cfg, bs, self.dtype, total_bytes=total, used_bytes=used,
+        tokens = kv_tokens_for_budget(cfg, bs, self.kv_dtype, total_bytes=total, used_bytes=used,
                                       utilization=utilization)
         if tokens < max_model_len:
             raise ValueError(f"the KV cache fits {tokens} tokens in {utilization:.0%} of the GPU's "
                              f"{total / 2**30:.1f} GiB after the weights, fewer than max_model_len "
                              f"({max_model_len}); lower max_model_len or raise gpu_memory_utilization")
-        gib = kv_cache_bytes(cfg, tokens // bs, bs, self.dtype) / 2**30
+        gib = kv_cache_bytes(cfg, tokens // bs, bs, self.kv_dtype) / 2**30
         logger.info("rocmforge: KV cache %d tokens (%.2f GiB; %.0f%% of %.1f GiB)", tokens, gib,
                     100 * utilization, total / 2**30)
         return tokens

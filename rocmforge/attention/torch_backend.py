@@ -21,15 +21,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..cache.kv_cache import to_cache_dtype
 from .base import AttentionBackend, AttentionMetadata
+
+FP8 = (torch.float8_e4m3fn,)
+
+
+def _raw(cache: torch.Tensor) -> torch.Tensor:
+    """The tensor to index: an fp8 cache as its bytes (CPU torch has no fp8 index ops), else itself."""
+    return cache.view(torch.uint8) if cache.dtype in FP8 else cache
+
+
+def _cooked(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Indexed rows back in the cache's dtype (bytes of an fp8 cache reinterpreted)."""
+    return rows.view(dtype) if dtype in FP8 else rows
 
 
 def _gather(cache: torch.Tensor, table: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """cache (num_blocks, block_size, H, D), table (max_blocks,) -> positions [start, end) as (n, H, D)."""
     bs = cache.shape[1]
     first, last = start // bs, -(-end // bs)
-    rows = cache[table[first:last].long()].flatten(0, 1)  # ((last - first) * bs, H, D)
-    return rows[start - first * bs : end - first * bs]
+    rows = _raw(cache)[table[first:last].long()].flatten(0, 1)  # ((last - first) * bs, H, D)
+    return _cooked(rows[start - first * bs : end - first * bs], cache.dtype)
 
 
 def _attend(q, k, v, *, first_key: int, scale: float, window: int | None, softcap: float | None):
@@ -95,8 +108,10 @@ def _decode(q, k_cache, v_cache, meta, *, scale: float, window: int | None, soft
     slots, bias = decode_keys(meta, bs, window)
     L = slots.shape[1]
     flat = slots.view(-1)
-    k = k_cache.view(-1, hkv, d).index_select(0, flat).view(S, L, hkv, d).transpose(1, 2)  # (S, Hkv, L, D)
-    v = v_cache.view(-1, hkv, dv).index_select(0, flat).view(S, L, hkv, dv).transpose(1, 2)  # (S, Hkv, L, Dv)
+    k = _cooked(_raw(k_cache).view(-1, hkv, d).index_select(0, flat), k_cache.dtype)
+    v = _cooked(_raw(v_cache).view(-1, hkv, dv).index_select(0, flat), v_cache.dtype)
+    k = k.view(S, L, hkv, d).transpose(1, 2)  # (S, Hkv, L, D)
+    v = v.view(S, L, hkv, dv).transpose(1, 2)  # (S, Hkv, L, Dv)
     qf, k, v = q.float().view(S, hkv, hq // hkv, d), k.float(), v.float()  # (S, Hkv, g, D); no-ops in fp32
     if softcap is None:
         out = F.scaled_dot_product_attention(qf, k, v, attn_mask=bias, scale=scale)  # (S, Hkv, g, Dv)
@@ -125,8 +140,9 @@ class TorchAttentionBackend(AttentionBackend):
         softcap: float | None = None,
     ) -> torch.Tensor:  # (T, Hq, Dv)
         k_cache, v_cache = kv_cache
-        k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
-        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
+        for new, cache in ((k, k_cache), (v, v_cache)):  # (T, Hkv, D) rows into their slots
+            rows = _raw(cache).view(-1, *cache.shape[2:])
+            rows.index_copy_(0, meta.slot_mapping, _raw(to_cache_dtype(new, cache.dtype)))
         if meta.is_decode:  # one query per sequence: row s of q is sequence s's
             return _decode(q, k_cache, v_cache, meta, scale=scale, window=sliding_window,
                            softcap=softcap).to(q.dtype)  # fmt: skip

@@ -26,7 +26,7 @@ import os
 import torch
 
 from ..kernels.arch import current_arch, sm_count
-from ..kernels.flash_attn import flash_attn_paged
+from ..kernels.flash_attn import FP8_DTYPES, flash_attn_paged
 from ..kernels.kv_store import store_kv
 from ..kernels.paged_decode import choose_num_splits, decode_config, paged_decode_attention
 from .base import AttentionBackend, AttentionMetadata
@@ -65,8 +65,9 @@ def _flash_unfit(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     d = q.shape[2]
     if softcap is not None:
         return "prefill with an attention softcap (the flash prefill kernel has none)"
-    if q.dtype not in _FLASH_DTYPES or k_cache.dtype != q.dtype:
-        return f"prefill with dtypes q {q.dtype} / cache {k_cache.dtype} (flash takes fp16/bf16, one dtype)"
+    if q.dtype not in _FLASH_DTYPES or k_cache.dtype not in (q.dtype, *FP8_DTYPES):
+        return (f"prefill with dtypes q {q.dtype} / cache {k_cache.dtype} (flash takes fp16/bf16 q, a cache "
+                f"of q's dtype or fp8)")
     if d < 16 or d > 256 or d & (d - 1):
         return f"prefill with head_dim {d} (flash takes a power of two in [16, 256])"
     for t in (q, k_cache, v_cache):

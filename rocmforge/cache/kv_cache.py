@@ -1,5 +1,9 @@
 """Paged KV cache tensors: per layer a (k, v) pair, each (num_blocks, block_size, num_kv_heads, head_dim).
 
+The cache holds the model's dtype ("auto") or fp8 e4m3 ("fp8", vLLM's name: half the bytes of bf16,
+no scale: values saturate at +-448, the format's largest; e4m3 keeps 3 mantissa bits, so K/V carry a
+relative rounding error of up to 2^-4).
+
 Which blocks belong to which sequence is the block manager's business (pure Python, integer ids);
 this module only allocates the storage and says how big it is.
 """
@@ -9,6 +13,24 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
+
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
+    """--kv-cache-dtype: "auto" (the model's dtype) or "fp8" / "fp8_e4m3" (torch.float8_e4m3fn)."""
+    if name == "auto":
+        return model_dtype
+    if name in ("fp8", "fp8_e4m3"):
+        return torch.float8_e4m3fn
+    raise ValueError(f"kv_cache_dtype must be 'auto', 'fp8' or 'fp8_e4m3', got {name!r}")
+
+
+def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in the cache's dtype; into fp8, saturated at +-FP8_MAX first (torch's cast would give NaN)."""
+    if dtype == torch.float8_e4m3fn:
+        return x.float().clamp(-FP8_MAX, FP8_MAX).to(dtype)
+    return x.to(dtype)
 
 
 def kv_cache_bytes(config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype) -> int:

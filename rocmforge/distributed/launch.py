@@ -96,7 +96,8 @@ class TensorParallelLLM(LLM):
                  dtype: torch.dtype | None = None, max_model_len: int | None = None, seed: int | None = None,
                  kv_cache_tokens: int | None = None, attention_backend: str | None = None,
                  gpu_memory_utilization: float = 0.9, quantized_weights: bool | None = None,
-                 timeout_s: float = 600.0, enforce_eager: bool = True):  # fmt: skip
+                 timeout_s: float = 600.0, enforce_eager: bool = True,
+                 kv_cache_dtype: str = "auto"):  # fmt: skip
         # NOTE: always eager (enforce_eager is accepted for LLM's signature): see cuda_graphs=False below
         world = int(tensor_parallel_size)
         if world < 1:
@@ -114,6 +115,10 @@ class TensorParallelLLM(LLM):
         dev = resolve_device(device)
         attention_backend = attention_backend or ("torch" if dev.type == "cpu" else "triton")
         self.dtype = dtype or (torch.float32 if dev.type == "cpu" else torch.bfloat16)
+        if kv_cache_dtype != "auto":
+            raise ValueError("tensor parallelism keeps the KV cache in the model's dtype: "
+                             "use kv_cache_dtype='auto' with tensor_parallel_size > 1")
+        self.kv_dtype = self.dtype
         quantized = dev.type == "cuda" if quantized_weights is None else quantized_weights
         spec = TPSpec(str(self.path), world, f"tcp://127.0.0.1:{free_port()}", dev.type, self.dtype,
                       attention_backend, quantized, float(timeout_s),

@@ -41,6 +41,7 @@ class EngineConfig:
     max_num_seqs: int = 64  # sequences decoding together
     max_num_batched_tokens: int = 2048  # tokens in one forward (longer prompts are prefilled in chunks)
     enable_prefix_caching: bool = True
+    kv_cache_dtype: torch.dtype | None = None  # None: the model's dtype (cache/kv_cache.resolve_kv_dtype)
     cuda_graphs: bool = True  # graph-captured decode on a GPU (engine/cuda_graph.py); False: always eager
 
 
@@ -104,7 +105,7 @@ class LLMEngine:
     def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         # NOTE: zeros are lazily backed on CPU: untouched cache pages cost no memory.
         return allocate_kv_cache(self.model_config, num_blocks, self.config.block_size,
-                                 device=self.device, dtype=self.dtype)
+                                 device=self.device, dtype=self.config.kv_cache_dtype or self.dtype)
 
     # ---- requests -----------------------------------------------------------------------------
     def check_prompt(self, prompt_ids: list[int]) -> None:

@@ -41,7 +41,7 @@ def _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, hi, k_start, k_len, pos_m, k_hea
                 stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
                 BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
                 PAGED: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr,
-                DOT_F32: tl.constexpr):
+                DOT_F32: tl.constexpr, KV_FP8: tl.constexpr):
     offs_d = tl.arange(0, HEAD_DIM)
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions
@@ -64,6 +64,8 @@ def _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, hi, k_start, k_len, pos_m, k_hea
             k = tl.load(k_ptrs, mask=kv_ok[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs)
+        if KV_FP8:  # an fp8 cache: decoded to the query's dtype right after the load
+            k = k.to(q.dtype)
         if DOT_F32:
             k = k.to(tl.float32)
         qk = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N) fp32
@@ -85,7 +87,9 @@ def _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, hi, k_start, k_len, pos_m, k_hea
             v = tl.load(v_ptrs, mask=kv_ok[:, None], other=0.0)
         else:
             v = tl.load(v_ptrs)
-        p = p.to(V.dtype.element_ty)  # (BLOCK_M, BLOCK_N) probabilities rounded to the input dtype
+        if KV_FP8:
+            v = v.to(q.dtype)
+        p = p.to(v.dtype)  # (BLOCK_M, BLOCK_N) probabilities rounded to the input dtype
         if DOT_F32:
             p = p.to(tl.float32)
             v = v.to(tl.float32)
@@ -100,7 +104,7 @@ def _flash_attn_fwd(Q, K, V, Out, CuQ, CuK, SeqLens, BT,
                     stride_ot, stride_oh, stride_bts, group, window, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr,
-                    USE_WINDOW: tl.constexpr, DOT_F32: tl.constexpr):
+                    USE_WINDOW: tl.constexpr, DOT_F32: tl.constexpr, KV_FP8: tl.constexpr):
     # NOTE: the last query blocks of a causal sequence see the most keys: launch them first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -153,13 +157,16 @@ def _flash_attn_fwd(Q, K, V, Out, CuQ, CuK, SeqLens, BT,
     v_head = (h // group) * stride_vh
     acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, K, V, BT, ul, uh, k_start, k_len, pos_m, k_head, v_head,
                                 stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
-                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, False, CAUSAL, USE_WINDOW, DOT_F32)
+                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, False, CAUSAL, USE_WINDOW, DOT_F32,
+                                KV_FP8)
     acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, ul, k_start, k_len, pos_m, k_head, v_head,
                                 stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
-                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32)
+                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32,
+                                KV_FP8)
     acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, K, V, BT, uh, n_end, k_start, k_len, pos_m, k_head, v_head,
                                 stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
-                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32)
+                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32,
+                                KV_FP8)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     o_ptrs = tl.multiple_of(Out + q_rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :], [16, 16])
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m < q_len)[:, None])
@@ -200,6 +207,7 @@ def pick_config(arch: Arch, head_dim: int) -> AttnConfig:
 # ---------------------------------------------------------------- launchers
 
 _DTYPES = (torch.float16, torch.bfloat16)
+FP8_DTYPES = (torch.float8_e4m3fn,)  # K/V caches decoded after the load (NOTE: AMD's e4m3fnuz: not yet)
 
 
 def _interpreting() -> bool:
@@ -210,9 +218,10 @@ def _check(q, k, v, out, *, kv_dims: int):
     if q.dim() != 3 or k.dim() != kv_dims or v.shape != k.shape:
         raise ValueError(f"expected q (T, Hq, D) and k, v of equal {kv_dims}-d shape; got q "
                          f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"flash attention takes fp16 or bf16 q/k/v of one dtype; got {q.dtype}, {k.dtype}, "
-                         f"{v.dtype} (use ref_attention_* for float32)")
+    kv_ok = k.dtype == v.dtype and (k.dtype == q.dtype or k.dtype in FP8_DTYPES)
+    if q.dtype not in _DTYPES or not kv_ok:
+        raise ValueError(f"flash attention takes fp16 or bf16 q with k/v of q's dtype or fp8 (e4m3); got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype} (use ref_attention_* for float32)")
     d, hq, hkv = q.shape[2], q.shape[1], k.shape[-2]
     if k.shape[-1] != d or d < 16 or d > 256 or d & (d - 1):
         raise ValueError(f"head_dim must be a power of two in [16, 256] and equal for q and k; "
@@ -261,7 +270,7 @@ def _launch(q, k, v, out, cu_q, cu_k, seq_lens, bt, *, max_seqlen_q, scale, caus
         q.shape[1] // k.shape[-2], sliding_window or 0, scale * LOG2E,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=q.shape[2], PAGE_SIZE=k.shape[1] if paged else 1,
         PAGED=paged, CAUSAL=causal, USE_WINDOW=sliding_window is not None,
-        DOT_F32=_interpreting() and q.dtype == torch.bfloat16,
+        DOT_F32=_interpreting() and q.dtype == torch.bfloat16, KV_FP8=k.dtype in FP8_DTYPES,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
@@ -352,10 +361,14 @@ def aot_specs(arch: Arch, *, full: bool = False) -> list[dict]:
                 sig["qk_scale"] = "fp32"
                 constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim,
                                   PAGE_SIZE=16 if paged else 1, PAGED=paged, CAUSAL=causal, USE_WINDOW=window,
-                                  DOT_F32=False)
+                                  DOT_F32=False, KV_FP8=False)
                 sig.update({name: "constexpr" for name in constexprs})
                 tag = ("paged" if paged else "varlen") + ("_causal" if causal else "") + ("_win" * window)
                 specs.append(dict(name=f"flash_attn_{tag}_d{head_dim}_{_TL_DTYPE[dtype]}", fn=_flash_attn_fwd,
                                   signature=sig, constexprs=constexprs, num_warps=cfg.num_warps,
                                   num_stages=cfg.num_stages))
+                if arch.is_hopper and paged and head_dim == 128:  # fp8 e4m3 caches (sm89+)
+                    fp8 = dict(signature={**sig, "K": "*fp8e4nv", "V": "*fp8e4nv"},
+                               constexprs={**constexprs, "KV_FP8": True})
+                    specs.append({**specs[-1], **fp8, "name": f"flash_attn_{tag}_d128_bf16_fp8kv"})
     return specs

@@ -3,7 +3,8 @@
     k_cache[slot // block_size, slot % block_size] = k[t],   slot = slot_mapping[t]    (same for v)
 
 A slot of -1 marks a padding token (a CUDA-graph batch padded to a captured size) and is skipped.
-Values are cast to the cache dtype. One program per (token, block of heads): a pure copy, so the
+Values are cast to the cache dtype; into an fp8 (e4m3) cache they saturate at +-448 first.
+One program per (token, block of heads): a pure copy, so the
 kernel is bound by the bytes of k and v read and written.
 """
 
@@ -22,7 +23,7 @@ def _store_kv_kernel(
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8_MAX: tl.constexpr,
 ):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t)
@@ -35,6 +36,9 @@ def _store_kv_kernel(
         t64 = t.to(tl.int64)
         k = tl.load(k_ptr + t64 * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
         v = tl.load(v_ptr + t64 * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
+        if FP8_MAX > 0:  # an fp8 cache saturates (e4m3 has no inf: out of range would be NaN)
+            k = tl.minimum(tl.maximum(k.to(tl.float32), -FP8_MAX), FP8_MAX)
+            v = tl.minimum(tl.maximum(v.to(tl.float32), -FP8_MAX), FP8_MAX)
         kc = kc_ptr + blk * stride_kcb + off * stride_kct + offs_h[:, None] * stride_kch + offs_d[None, :]
         vc = vc_ptr + blk * stride_vcb + off * stride_vct + offs_h[:, None] * stride_vch + offs_d[None, :]
         tl.store(kc, k.to(kc_ptr.dtype.element_ty), mask=mask)
@@ -73,6 +77,7 @@ def store_kv(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=H, HEAD_DIM=D, PAGE=k_cache.shape[1],
         BLOCK_H=cfg["BLOCK_H"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        FP8_MAX=448.0 if k_cache.dtype == torch.float8_e4m3fn else 0.0,
     )
 
 
@@ -81,15 +86,18 @@ def aot_specs(arch: Arch) -> list[dict]:
     specs = []
     ints = ("stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_kcb", "stride_kct", "stride_kch",
             "stride_vcb", "stride_vct", "stride_vch")
-    for dt in ("bf16", "fp16"):
+    caches = [("bf16", "bf16"), ("fp16", "fp16")] + ([("bf16", "fp8e4nv")] if arch.is_hopper else [])
+    for dt, cdt in caches:  # (new K/V dtype, cache dtype); fp8 e4m3 caches on sm90 only
         for H in (2, 8):
             for D in (64, 128, 256):
                 cfg = store_config(arch, H, D)
-                sig = {n: f"*{dt}" for n in ("k_ptr", "v_ptr", "kc_ptr", "vc_ptr")}
+                sig = {"k_ptr": f"*{dt}", "v_ptr": f"*{dt}", "kc_ptr": f"*{cdt}", "vc_ptr": f"*{cdt}"}
                 sig["slot_ptr"] = "*i64"
                 sig.update({n: "i32" for n in ints})
-                const = dict(NUM_HEADS=H, HEAD_DIM=D, PAGE=16, BLOCK_H=cfg["BLOCK_H"], BLOCK_D=cfg["BLOCK_D"])
+                const = dict(NUM_HEADS=H, HEAD_DIM=D, PAGE=16, BLOCK_H=cfg["BLOCK_H"], BLOCK_D=cfg["BLOCK_D"],
+                             FP8_MAX=448.0 if cdt.startswith("fp8") else 0.0)  # fmt: skip
                 sig.update({n: "constexpr" for n in const})
-                specs.append(dict(name=f"store_kv_{dt}_h{H}_d{D}", fn=_store_kv_kernel, signature=sig,
+                tag = dt if cdt == dt else f"{dt}_to_{cdt}"
+                specs.append(dict(name=f"store_kv_{tag}_h{H}_d{D}", fn=_store_kv_kernel, signature=sig,
                                   constexprs=const, num_warps=cfg["num_warps"], num_stages=1))
     return specs

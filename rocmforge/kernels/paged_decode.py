@@ -15,6 +15,7 @@ An empty chunk leaves (m, l, acc) = (-inf, 0, 0) and drops out; a sequence with 
 GQA: a program owns one KV head and all G query heads reading it, so each K/V tile is loaded once and
 the scores are a (G, BLOCK_N) tensor-core product (G padded to 16 rows: the padding is free, decode is
 bound by K/V bytes). Token j lives in page block_tables[s, j // block_size] at offset j % block_size.
+An fp8 (e4m3) cache is decoded to q's dtype right after each load (KV_FP8), then as below.
 Math is fp32; with bf16/fp16 caches the scores are bf16/fp16 tensor-core products with fp32
 accumulation and the probabilities are rounded to the cache dtype for P @ V, as in flash attention.
 
@@ -45,6 +46,7 @@ def _paged_decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT: tl.constexpr,
+    KV_FP8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -65,7 +67,8 @@ def _paged_decode_split_kernel(
     heads = kvh * GROUP + offs_g  # (GROUP_PAD,)
     q = tl.load(q_ptr + seq * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)  # (GROUP_PAD, BLOCK_D)
-    q = q.to(k_ptr.dtype.element_ty)
+    if not KV_FP8:  # NOTE: an fp8 cache is decoded to q's dtype instead (below)
+        q = q.to(k_ptr.dtype.element_ty)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -81,6 +84,9 @@ def _paged_decode_split_kernel(
                     mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
         v = tl.load(v_ptr + (page * stride_vb + tok * stride_vt + kvh * stride_vh)[:, None] + offs_d[None, :],
                     mask=kv_mask, other=0.0)
+        if KV_FP8:
+            k = k.to(q.dtype)
+            v = v.to(q.dtype)
         if not DOT:  # (GROUP_PAD, BLOCK_N, BLOCK_D) products reduced over d, fp32
             s = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], 2)
         elif UPCAST:
@@ -200,7 +206,9 @@ def paged_decode_attention(
     assert v_cache.shape == k_cache.shape and Dk == D, f"cache {tuple(k_cache.shape)} vs q {tuple(q.shape)}"
     assert Hq % Hkv == 0, f"{Hq} query heads are not a multiple of {Hkv} KV heads"
     assert q.dtype in (torch.float16, torch.bfloat16, torch.float32), q.dtype
-    assert k_cache.dtype == v_cache.dtype and k_cache.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    assert k_cache.dtype == v_cache.dtype and k_cache.dtype in (torch.float16, torch.bfloat16, torch.float32,
+                                                                torch.float8_e4m3fn), k_cache.dtype
+    assert k_cache.dtype != torch.float8_e4m3fn or q.dtype != torch.float32, "an fp8 cache takes fp16/bf16 q"
     assert block_tables.dtype == torch.int32 and block_tables.shape[0] == S, "block_tables: (S, n) int32"
     assert seq_lens.dtype == torch.int32 and seq_lens.shape == (S,), "seq_lens must be (S,) int32"
     assert q.stride(2) == 1 and k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_dim not contiguous"
@@ -233,6 +241,7 @@ def paged_decode_attention(
         # NOTE: triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot, so on CPU
         # the dots run in fp32 on upcast operands (bf16 x bf16 products are exact in fp32 anyway).
         UPCAST=k_cache.dtype == torch.float32 or q.device.type == "cpu", DOT=cfg["DOT"],
+        KV_FP8=k_cache.dtype == torch.float8_e4m3fn,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if num_splits > 1:
@@ -252,20 +261,25 @@ _SPLIT_SIG_INTS = ("scale", "softcap", "window", "num_splits", "stride_qs", "str
 def aot_specs(arch: Arch) -> list[dict]:
     """The configs launched on `arch`: bf16/fp16 caches, D in (64, 128, 256), page 16, G in (4, 16)."""
     specs = []
-    for dt, D, G in itertools.product(("bf16", "fp16"), (64, 128, 256), (4, 16)):
+    combos = list(itertools.product(("bf16", "fp16"), (64, 128, 256), (4, 16)))
+    if arch.is_hopper:  # fp8 e4m3 caches (sm89+): bf16 q, D=128
+        combos += [("fp8", 128, 4), ("fp8", 128, 16)]
+    for dt, D, G in combos:
         cfg = decode_config(arch, D, G)
-        sig = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
+        kdt = "fp8e4nv" if dt == "fp8" else dt
+        sig = {"q_ptr": "*bf16" if dt == "fp8" else f"*{dt}", "k_ptr": f"*{kdt}", "v_ptr": f"*{kdt}",
+               "out_ptr": "*bf16" if dt == "fp8" else f"*{dt}"}
         sig.update(bt_ptr="*i32", seq_lens_ptr="*i32", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32")
         sig.update({n: "fp32" if n in ("scale", "softcap") else "i32" for n in _SPLIT_SIG_INTS})
         const = dict(GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D, BLOCK_D=D, PAGE=16,
                      BLOCK_N=cfg["BLOCK_N"], SPLIT=True, USE_WINDOW=False, USE_SOFTCAP=False,
-                     UPCAST=False, DOT=cfg["DOT"])
+                     UPCAST=False, DOT=cfg["DOT"], KV_FP8=dt == "fp8")
         sig.update({n: "constexpr" for n in const})
         sig = {n: sig[n] for n in _paged_decode_split_kernel.arg_names}  # argument order
         specs.append(dict(name=f"paged_decode_split_{dt}_d{D}_g{G}", fn=_paged_decode_split_kernel,
                           signature=sig, constexprs=const, num_warps=cfg["num_warps"],
                           num_stages=cfg["num_stages"]))
-        if G == 4:  # the reduce does not depend on the group
+        if G == 4 and dt != "fp8":  # the reduce depends on neither the group nor the cache dtype
             rsig = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": f"*{dt}",
                     "num_splits": "i32", "stride_os": "i32", "stride_oh": "i32"}
             rconst = dict(HEAD_DIM=D, BLOCK_D=D, SPLITS_PAD=8)
