@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from benchmarks.common import copy_bandwidth, cycle, device_line, rotations, time_ms
 from rocmforge.kernels.activations import silu_and_mul
 from rocmforge.kernels.arch import current_arch
-from rocmforge.kernels.paged_decode import _num_sms, choose_num_splits, decode_config, paged_decode_attention
+from rocmforge.kernels.arch import sm_count as _num_sms
+from rocmforge.kernels.paged_decode import choose_num_splits, decode_config, paged_decode_attention
 from rocmforge.kernels.reference_ops import apply_rope_ref
 from rocmforge.kernels.rmsnorm import rms_norm
 from rocmforge.kernels.rope import apply_rope, rope_cos_sin_cache

@@ -95,9 +95,18 @@ def gemm_config(arch: Arch, qtype: str, bm: int) -> dict:
 
 
 def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
-    """"gemv" | "gemm" | "dequant_mm" for M rows of x, from H200 measurements (notes_quant_matmul.md):
-    the GEMV to M = 8, the BM=16 GEMM for 9..16, dequant + cuBLAS above 16.
-    AMD is unmeasured: it gets the same crossovers."""
+    """"gemv" | "gemm" | "dequant_mm" for M rows of x, from H200 measurements (quant_matmul_h200.md).
+
+    CUDA: the v2 GEMV's multi-row variants cost 2.5-4x its M=1 time per extra row (Q4_K 14336x4096:
+    M=1 42 us, M=2 150 us) while the BM=16 GEMM is ~flat (91 us at M=8) and dequant + cuBLAS ~90 us:
+    so the GEMV at M=1 (Q8_0: M<=2, 63 us), the GEMM to 16 rows (Q6_K: its GEMM tile spills, 412 us
+    at M=8, so dequant + cuBLAS), dequant + cuBLAS above. AMD is unmeasured: the earlier crossovers."""
+    if arch.backend == "cuda":
+        if m == 1 or (m == 2 and qtype == "Q8_0"):
+            return "gemv"
+        if m <= 16 and qtype != "Q6_K":
+            return "gemm"
+        return "dequant_mm"
     if m <= GEMV_MAX_M:
         return "gemv"
     return "gemm" if m <= 16 else "dequant_mm"
