@@ -24,5 +24,5 @@ def compare(ref, got, margin: float) -> tuple[int, int]:
     while n < len(r) and n < len(g) and g[n] == r[n]:
         n += 1
     if n < len(r) and n < len(g):
-        assert m[n] < margin, f"step {n}: ref {r[:n + 1]} vs {g[:n + 1]} at a margin of {m[n]:.2f} >= {margin}"
+        assert m[n] < margin, f"step {n}: ref {r[:n + 1]} vs {g[:n + 1]}, margin {m[n]:.2f} >= {margin}"
     return n, len(r)
