@@ -210,7 +210,8 @@ class LLMEngine:
                                         self._banned(req.params, len(smp.token_ids))))
                 owners.append((e.seq_id, req, smp))
                 row_of.append(r)
-        res = self.sampler(logits[row_of], rows)
+        identity = len(row_of) == logits.shape[0] and all(i == r for i, r in enumerate(row_of))
+        res = self.sampler(logits if identity else logits[row_of], rows)  # NOTE: no (S, V) copy when 1:1
         drawn: dict[int, list[int]] = {}
         for (sid, _, _), tok in zip(owners, res.token_ids):
             drawn.setdefault(sid, []).append(tok)
