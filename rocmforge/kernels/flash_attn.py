@@ -17,6 +17,11 @@ the causal diagonal, the window's lower edge and the ragged last tile run masked
 (above the diagonal, below the window) are never visited. Masked entries are -inf against a finite
 running max (-1e30), so a row that sees nothing in a tile gets p = 0 and alpha = 1, never NaN.
 
+K/V from an fp8 (e4m3) cache are decoded to q's dtype right after each load (KV_FP8). SPLIT_D (RDNA3's
+D=256 config) runs the head dim as two halves, s = q_lo.k_lo + q_hi.k_hi and acc_lo / acc_hi += p v_lo / hi,
+re-reading each q half per key tile (L1 hits) instead of holding q in WMMA operand layout all loop long:
+that layout is what pushed every D=256 tile past RDNA3's 256 VGPRs.
+
 NOTE: DOT_F32 is set only under TRITON_INTERPRET=1 with bf16: the interpreter multiplies bf16 bit
 patterns in tl.dot (triton-lang/triton#11584, "not supported"). Upcasting the already-bf16 operands
 (p is still rounded to bf16 first) gives exactly the products a bf16 tensor-core dot accumulates in fp32.
@@ -37,12 +42,29 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, hi, k_start, k_len, pos_m, k_head, v_head,
-                stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
+def _load_tile(ptrs, kv_ok, q, MASKED: tl.constexpr, KV_FP8: tl.constexpr):
+    """A (BLOCK_N, d) K or V tile; rows past k_len read as 0 when MASKED; an fp8 cache in q's dtype."""
+    if MASKED:
+        t = tl.load(ptrs, mask=kv_ok[:, None], other=0.0)
+    else:
+        t = tl.load(ptrs)
+    if KV_FP8:  # an fp8 cache: decoded to the query's dtype right after the load
+        t = t.to(q.dtype)
+    return t
+
+
+@triton.jit
+def _attn_tiles(acc, acc2, l_i, m_i, q, q_ptrs, row_ok, K, V, BT, lo, hi, k_start, k_len, pos_m, k_head,
+                v_head, stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
                 BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
                 PAGED: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr,
-                DOT_F32: tl.constexpr, KV_FP8: tl.constexpr):
-    offs_d = tl.arange(0, HEAD_DIM)
+                DOT_F32: tl.constexpr, KV_FP8: tl.constexpr, SPLIT_D: tl.constexpr):
+    # SPLIT_D: the head dim in two halves, acc (lo) and acc2 (hi): s = q_lo.k_lo + q_hi.k_hi with each q
+    # half re-read from q_ptrs per tile, acc / acc2 += p v_lo / p v_hi; only half a tile is live at a time
+    if SPLIT_D:
+        offs_d = tl.arange(0, HEAD_DIM // 2)
+    else:
+        offs_d = tl.arange(0, HEAD_DIM)
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions
         kv_ok = offs_n < k_len
@@ -60,15 +82,24 @@ def _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, hi, k_start, k_len, pos_m, k_hea
             v_rows = rows * stride_vt
         k_ptrs = tl.multiple_of(K + k_head + k_rows[:, None] + offs_d[None, :], [16, 16])  # (BLOCK_N, D)
         v_ptrs = tl.multiple_of(V + v_head + v_rows[:, None] + offs_d[None, :], [16, 16])
-        if MASKED:
-            k = tl.load(k_ptrs, mask=kv_ok[:, None], other=0.0)
+        if SPLIT_D:  # NOTE: q is re-read per tile (cache hits): WMMA operand layouts of a held q spill
+            qa = tl.load(q_ptrs, mask=row_ok, other=0.0)
         else:
-            k = tl.load(k_ptrs)
-        if KV_FP8:  # an fp8 cache: decoded to the query's dtype right after the load
-            k = k.to(q.dtype)
+            qa = q
+        if DOT_F32:
+            qa = qa.to(tl.float32)
+        k = _load_tile(k_ptrs, kv_ok, qa, MASKED, KV_FP8)
         if DOT_F32:
             k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N) fp32
+        qk = tl.dot(qa, tl.trans(k))  # (BLOCK_M, BLOCK_N) fp32
+        if SPLIT_D:
+            qa = tl.load(q_ptrs + HEAD_DIM // 2, mask=row_ok, other=0.0)
+            if DOT_F32:
+                qa = qa.to(tl.float32)
+            k = _load_tile(k_ptrs + HEAD_DIM // 2, kv_ok, qa, MASKED, KV_FP8)
+            if DOT_F32:
+                k = k.to(tl.float32)
+            qk = tl.dot(qa, tl.trans(k), qk)
         if MASKED:
             ok = kv_ok[None, :]
             if CAUSAL:
@@ -83,19 +114,19 @@ def _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, hi, k_start, k_len, pos_m, k_hea
             p = tl.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
-            v = tl.load(v_ptrs, mask=kv_ok[:, None], other=0.0)
-        else:
-            v = tl.load(v_ptrs)
-        if KV_FP8:
-            v = v.to(q.dtype)
+        v = _load_tile(v_ptrs, kv_ok, q, MASKED, KV_FP8)
         p = p.to(v.dtype)  # (BLOCK_M, BLOCK_N) probabilities rounded to the input dtype
         if DOT_F32:
             p = p.to(tl.float32)
             v = v.to(tl.float32)
         acc = tl.dot(p, v, acc * alpha[:, None])
+        if SPLIT_D:
+            v = _load_tile(v_ptrs + HEAD_DIM // 2, kv_ok, q, MASKED, KV_FP8)
+            if DOT_F32:
+                v = v.to(tl.float32)
+            acc2 = tl.dot(p, v, acc2 * alpha[:, None])
         m_i = m_new
-    return acc, l_i, m_i
+    return acc, acc2, l_i, m_i
 
 
 @triton.jit
@@ -104,7 +135,8 @@ def _flash_attn_fwd(Q, K, V, Out, CuQ, CuK, SeqLens, BT,
                     stride_ot, stride_oh, stride_bts, group, window, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr,
-                    USE_WINDOW: tl.constexpr, DOT_F32: tl.constexpr, KV_FP8: tl.constexpr):
+                    USE_WINDOW: tl.constexpr, DOT_F32: tl.constexpr, KV_FP8: tl.constexpr,
+                    SPLIT_D: tl.constexpr):
     # NOTE: the last query blocks of a causal sequence see the most keys: launch them first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -122,13 +154,15 @@ def _flash_attn_fwd(Q, K, V, Out, CuQ, CuK, SeqLens, BT,
         k_start = tl.load(CuK + s)
         k_len = tl.load(CuK + s + 1) - k_start
     offs_m = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query index within the sequence
-    offs_d = tl.arange(0, HEAD_DIM)
+    D_PART: tl.constexpr = HEAD_DIM // 2 if SPLIT_D else HEAD_DIM  # columns per half (SPLIT_D) or all
+    offs_d = tl.arange(0, D_PART)
     pos_m = k_len - q_len + offs_m  # (BLOCK_M,) query positions
     q_rows = (q_start + offs_m).to(tl.int64)
+    row_ok = (offs_m < q_len)[:, None]
     # NOTE: multiple_of: rows start 16-aligned (the launcher checks), so loads/stores are 16-byte wide even
     # when compiled ahead of time without the JIT's argument specialization.
     q_ptrs = tl.multiple_of(Q + q_rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :], [16, 16])
-    q = tl.load(q_ptrs, mask=(offs_m < q_len)[:, None], other=0.0)  # (BLOCK_M, HEAD_DIM)
+    q = tl.load(q_ptrs, mask=row_ok, other=0.0)  # (BLOCK_M, D_PART); SPLIT_D re-reads it per tile
     if DOT_F32:
         q = q.to(tl.float32)
 
@@ -150,26 +184,29 @@ def _flash_attn_fwd(Q, K, V, Out, CuQ, CuK, SeqLens, BT,
     ul = tl.minimum(tl.maximum(tl.cdiv(full_lo, BLOCK_N) * BLOCK_N, lo), n_end)
     uh = tl.maximum(tl.minimum((full_hi // BLOCK_N) * BLOCK_N, n_end), ul)
 
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PART], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, D_PART], dtype=tl.float32)  # NOTE: stays unused (dead) without SPLIT_D
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     k_head = (h // group) * stride_kh
     v_head = (h // group) * stride_vh
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, K, V, BT, ul, uh, k_start, k_len, pos_m, k_head, v_head,
-                                stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
-                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, False, CAUSAL, USE_WINDOW, DOT_F32,
-                                KV_FP8)
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, K, V, BT, lo, ul, k_start, k_len, pos_m, k_head, v_head,
-                                stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
-                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32,
-                                KV_FP8)
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, K, V, BT, uh, n_end, k_start, k_len, pos_m, k_head, v_head,
-                                stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
-                                BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32,
-                                KV_FP8)
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    acc, acc2, l_i, m_i = _attn_tiles(
+        acc, acc2, l_i, m_i, q, q_ptrs, row_ok, K, V, BT, ul, uh, k_start, k_len, pos_m, k_head, v_head,
+        stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
+        BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, False, CAUSAL, USE_WINDOW, DOT_F32, KV_FP8, SPLIT_D)
+    acc, acc2, l_i, m_i = _attn_tiles(
+        acc, acc2, l_i, m_i, q, q_ptrs, row_ok, K, V, BT, lo, ul, k_start, k_len, pos_m, k_head, v_head,
+        stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
+        BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32, KV_FP8, SPLIT_D)
+    acc, acc2, l_i, m_i = _attn_tiles(
+        acc, acc2, l_i, m_i, q, q_ptrs, row_ok, K, V, BT, uh, n_end, k_start, k_len, pos_m, k_head, v_head,
+        stride_kt, stride_kb, stride_vt, stride_vb, window, qk_scale,
+        BLOCK_N, HEAD_DIM, PAGE_SIZE, PAGED, True, CAUSAL, USE_WINDOW, DOT_F32, KV_FP8, SPLIT_D)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     o_ptrs = tl.multiple_of(Out + q_rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :], [16, 16])
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m < q_len)[:, None])
+    tl.store(o_ptrs, (acc / l_safe).to(Out.dtype.element_ty), mask=row_ok)
+    if SPLIT_D:
+        tl.store(o_ptrs + HEAD_DIM // 2, (acc2 / l_safe).to(Out.dtype.element_ty), mask=row_ok)
 
 
 # ---------------------------------------------------------------- per-arch configs
@@ -180,6 +217,7 @@ class AttnConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    split_d: bool = False  # the head dim in two halves (SPLIT_D in _attn_tiles)
 
 
 def pick_config(arch: Arch, head_dim: int) -> AttnConfig:
@@ -191,8 +229,9 @@ def pick_config(arch: Arch, head_dim: int) -> AttnConfig:
     if arch.is_rdna:  # wave32, 64 KB LDS; WMMA operand layouts are register-hungry (AOT: 239-256 VGPRs)
         if head_dim <= 64:
             return AttnConfig(64, 32, 4, 1)
-        # NOTE: D=256 spills to scratch with every tile from 16x16 to 64x32 at 4 or 8 warps (open, issue 4)
-        return AttnConfig(16, 16, 8, 1) if head_dim <= 128 else AttnConfig(32, 16, 8, 1)
+        # NOTE: D=256 held q in WMMA operand layout and spilled with every tile from 16x16 to 64x32;
+        # split_d (halves, q re-read per tile) at 16x16 / 8 warps compiles clean (AOT: 250-252 VGPRs)
+        return AttnConfig(16, 16, 8, 1) if head_dim <= 128 else AttnConfig(16, 16, 8, 1, split_d=True)
     if arch.is_hopper:  # swept on H200 (benchmarks/notes_attention.md); (128, 32, 8, 3) at D=256 is +26%
         if head_dim <= 64:  # but spills 12 B in the AOT compile, so the clean 2-stage one is used
             return AttnConfig(128, 64, 4, 3)
@@ -271,6 +310,7 @@ def _launch(q, k, v, out, cu_q, cu_k, seq_lens, bt, *, max_seqlen_q, scale, caus
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=q.shape[2], PAGE_SIZE=k.shape[1] if paged else 1,
         PAGED=paged, CAUSAL=causal, USE_WINDOW=sliding_window is not None,
         DOT_F32=_interpreting() and q.dtype == torch.bfloat16, KV_FP8=k.dtype in FP8_DTYPES,
+        SPLIT_D=cfg.split_d,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
@@ -361,7 +401,7 @@ def aot_specs(arch: Arch, *, full: bool = False) -> list[dict]:
                 sig["qk_scale"] = "fp32"
                 constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim,
                                   PAGE_SIZE=16 if paged else 1, PAGED=paged, CAUSAL=causal, USE_WINDOW=window,
-                                  DOT_F32=False, KV_FP8=False)
+                                  DOT_F32=False, KV_FP8=False, SPLIT_D=cfg.split_d)
                 sig.update({name: "constexpr" for name in constexprs})
                 tag = ("paged" if paged else "varlen") + ("_causal" if causal else "") + ("_win" * window)
                 specs.append(dict(name=f"flash_attn_{tag}_d{head_dim}_{_TL_DTYPE[dtype]}", fn=_flash_attn_fwd,

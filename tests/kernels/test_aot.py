@@ -15,10 +15,8 @@ pytest.importorskip("triton", reason="the AOT check compiles with Triton")
 
 from rocmforge.kernels import aot  # noqa: E402
 
-# NOTE: known, open (issue 4): flash attention at D=256 spills to scratch on RDNA3 with every tile tried
-# (see flash_attn.pick_config). Listed by kernel and target so any NEW spill still fails.
-KNOWN_SPILLS = {("flash_attn.flash_attn_varlen_causal_d256_bf16", "gfx1100"),
-                ("flash_attn.flash_attn_paged_causal_win_d256_bf16", "gfx1100")}
+# Spills accepted by (kernel, target): none. (RDNA3 D=256 flash was listed here until its split_d config.)
+KNOWN_SPILLS: set[tuple[str, str]] = set()
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

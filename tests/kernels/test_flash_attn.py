@@ -257,3 +257,27 @@ def test_head_dim_96_is_refused():
     q, k, v, kw = _small(d=96)
     with pytest.raises(ValueError, match="power of two"):
         flash_attn_varlen(q, k, v, **kw)
+
+
+@needs_kernel
+@pytest.mark.parametrize("paged,causal,window,d", [(False, True, None, 256), (True, True, 24, 256),
+                                                   (False, False, None, 128), (True, False, 5, 64)])
+def test_split_head_dim_matches_twin(paged, causal, window, d):
+    """split_d (RDNA's D=256 config): the head dim in two halves, q re-read per key tile."""
+    from rocmforge.kernels.flash_attn import AttnConfig
+
+    cfg = AttnConfig(16, 16, 4, 1, split_d=True)
+    qlens, klens = [19, 1], [19, 40]
+    if paged:
+        q, kc, vc, seq_lens, tables = paged_inputs(qlens, klens, 4, 2, d, BF16, 16, seed=d + 3)
+        kw = dict(cu_seqlens_q=_cu(qlens), seq_lens=seq_lens, block_tables=tables, max_seqlen_q=max(qlens),
+                  scale=d**-0.5, causal=causal, sliding_window=window)
+        out = flash_attn_paged(q, kc, vc, out=torch.full_like(q, float("nan")), config=cfg, **kw)
+        ref = ref_attention_paged(q, kc, vc, **kw)
+    else:
+        q, k, v = varlen_inputs(qlens, klens, 4, 2, d, BF16, seed=d + 5)
+        kw = dict(cu_seqlens_q=_cu(qlens), cu_seqlens_k=_cu(klens), max_seqlen_q=max(qlens), scale=d**-0.5,
+                  causal=causal, sliding_window=window)
+        out = flash_attn_varlen(q, k, v, out=torch.full_like(q, float("nan")), config=cfg, **kw)
+        ref = ref_attention_varlen(q, k, v, **kw)
+    _close(out, ref, BF16)
