@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..config import RopeScaling
+from .dispatch import triton_layers
 
 
 @dataclass
@@ -82,7 +83,7 @@ class RotaryEmbedding(nn.Module):
 
     def prepare(self, positions: torch.Tensor, freq_factors: torch.Tensor | None, max_pos: int):
         """What `rotate` needs for these positions (all < max_pos): (cos, sin), or a RopeTable on a GPU."""
-        if not positions.is_cuda:
+        if not triton_layers(positions):
             return self.cos_sin(positions, freq_factors)
         t = self._table
         if t is None or t.shape[0] < max_pos or t.device != positions.device:

@@ -22,6 +22,7 @@ from torch import nn
 from ..attention.base import AttentionBackend, AttentionMetadata
 from ..config import ModelConfig
 from ..layers.attention import PagedAttention
+from ..layers.dispatch import triton_layers
 from ..layers.embedding import Embedding, Vector
 from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
@@ -66,7 +67,7 @@ class DecoderLayer(nn.Module):
 
     def act_mul(self, gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
         """act(gate) * up (T, ffn); with up None, gate is the fused (T, 2 ffn) gate_up output."""
-        if gate.is_cuda:  # one Triton pass (kernels/activations.py)
+        if triton_layers(gate):  # one Triton pass (kernels/activations.py)
             from ..kernels.activations import gelu_tanh_and_mul, silu_and_mul
 
             return (gelu_tanh_and_mul if self.GELU else silu_and_mul)(gate, up)
