@@ -140,7 +140,7 @@ class DecodeGraphs:
                 self._graphs.clear()
                 torch.cuda.synchronize(self.device)
                 return None
-            self._fill(b, token_ids, positions, block_tables)  # the warm-up wrote the padded K/V slots only
+        # NOTE: a first capture's warm-up already ran this step; the replay writes the same K/V again
         graph, logits = self._graphs[b]
         graph.replay()
         return logits[:len(token_ids)]
