@@ -1,0 +1,27 @@
+#!/bin/bash
+# One GPU session's measurements in one device call (see benchmarks/results/*_h200.md for the last ones).
+#   bash benchmarks/device_run.sh park     call 1 of 2: leaves the first half of SmolLM2 in /tmp
+#   bash benchmarks/device_run.sh all      call 2 (right after, same warm machine), or alone without SmolLM2
+# Carry: .whl (the gguf wheel: pip download gguf==0.19.0 --no-deps -d .whl) and, for the SmolLM2 pair,
+# .m1 / .m2 holding `split -n 2 -d SmolLM2-135M-Instruct.Q4_1.gguf` (part00 / part01; 98 MB > 64 MiB).
+# NOTE: the device kills a call's background processes when it returns: nothing here runs detached.
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+if [ "${1:-all}" = park ]; then cp .m1/smol.part00 /tmp/smol.part00 && echo "part00 parked"; exit 0; fi
+export ROCMFORGE_CACHE=/tmp/rfcache; mkdir -p $ROCMFORGE_CACHE/models
+if [ -f /tmp/smol.part00 ] && [ -d .m2 ]; then
+    cat /tmp/smol.part00 .m2/smol.part01 > $ROCMFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
+fi
+python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
+for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"
+timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels tests/attention tests/layers tests/engine \
+    > $OUT/tests.log 2>&1; echo "tests rc=$?"; grep -E "agree|passed|failed|FAILED" $OUT/tests.log | tail -12
+for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do
+    timeout 200 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c 64 --load-prompt 512 \
+        --load-output 256 --baseline hf --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err; echo "bench $m rc=$?"
+done
+(cd benchmarks && timeout 150 python3 bench_quant_matmul.py --qtypes Q4_K,Q6_K,Q8_0 --out $OUT > $OUT/qmm.log 2>&1)
+timeout 90 python3 benchmarks/bench_kernels.py --no-sweep --out $OUT/kernels_h200.md > $OUT/kernels.log 2>&1
+timeout 100 python3 benchmarks/profile_decode.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf > $OUT/profile8.txt 2>&1
+echo done
