@@ -64,9 +64,10 @@ def _row_contrib(x_row, cols, hi_off, mask_w, lo, hi, s_lo, s_hi, b_lo, b_hi,
 def _qgemv_kernel(x_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, M, N, n_words, words_per_split,
                   stride_xm, stride_om, stride_q, stride_h, stride_d, stride_sc,
                   QTYPE: tl.constexpr, BN: tl.constexpr, NW: tl.constexpr, BM: tl.constexpr,
-                  ATOMIC: tl.constexpr, ASM: tl.constexpr):
+                  PARTIAL: tl.constexpr, ASM: tl.constexpr):
     """Program (i, j): rows [i·BN, +BN), quant words [j·words_per_split, +words_per_split), NW per step.
-    q_ptr/h_ptr are the quant / high-bit planes viewed as int32 words."""
+    q_ptr/h_ptr are the quant / high-bit planes viewed as int32 words. PARTIAL (split-K): out is a
+    (splits, M, N) fp32 buffer and program (i, j) writes its partial sums to slice j."""
     NV: tl.constexpr = NW // 4
     HAS_HI: tl.constexpr = QTYPE != 8
     HAS_B: tl.constexpr = QTYPE == 3 or QTYPE == 7 or QTYPE == 12 or QTYPE == 13
@@ -98,11 +99,25 @@ def _qgemv_kernel(x_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, M, N, n_wo
     if BM == 1:
         acc_m = tl.sum(acc, axis=1)[None, :]  # (1, BN)
     o = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if PARTIAL:
+        o += tl.program_id(1).to(tl.int64) * M * stride_om
     mask = (offs_m[:, None] < M) & mask_n[None, :]
-    if ATOMIC:
-        tl.atomic_add(o, acc_m, mask=mask)
-    else:
-        tl.store(o, acc_m.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(o, acc_m.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(p_ptr, b_ptr, out_ptr, M, N, splits, stride_om,
+                          BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """out[m, n] = Σ_j partial[j, m, n] (+ bias[n]) in fp32, in split order: deterministic."""
+    m = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for j in range(0, splits):
+        acc += tl.load(p_ptr + (j * M + m).to(tl.int64) * N + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + m.to(tl.int64) * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------- per-arch configs
@@ -136,7 +151,7 @@ def _signature(qtype: str, x_tt: str, out_tt: str) -> dict:
            "words_per_split": "i32"}
     strides = ("stride_xm", "stride_om", "stride_q", "stride_h", "stride_d", "stride_sc")
     sig.update({s: "i32" for s in strides})
-    sig.update({c: "constexpr" for c in ("QTYPE", "BN", "NW", "BM", "ATOMIC", "ASM")})
+    sig.update({c: "constexpr" for c in ("QTYPE", "BN", "NW", "BM", "PARTIAL", "ASM")})
     return sig
 
 
@@ -147,13 +162,18 @@ def aot_specs(arch: Arch) -> list[dict]:
         for x_tt in _DTYPES.values():
             for bm in (1, 2, 4, GEMV_MAX_M):
                 c = gemv_config(arch, name, bm)
-                for atomic in (False, True):
+                for split in (False, True):
                     specs.append(dict(
-                        name=f"qgemv_{name.lower()}_bm{bm}{'_splitk' if atomic else ''}_{x_tt[1:]}",
-                        fn=_qgemv_kernel, signature=_signature(name, x_tt, "*fp32" if atomic else x_tt),
-                        constexprs=dict(QTYPE=qtype_code(name), BN=c["BN"], NW=c["NW"], BM=bm, ATOMIC=atomic,
+                        name=f"qgemv_{name.lower()}_bm{bm}{'_splitk' if split else ''}_{x_tt[1:]}",
+                        fn=_qgemv_kernel, signature=_signature(name, x_tt, "*fp32" if split else x_tt),
+                        constexprs=dict(QTYPE=qtype_code(name), BN=c["BN"], NW=c["NW"], BM=bm, PARTIAL=split,
                                         ASM=arch.backend == "cuda"),
                         num_warps=c["num_warps"], num_stages=c["num_stages"]))
+    for x_tt in _DTYPES.values():
+        sig = {"p_ptr": "*fp32", "b_ptr": x_tt, "out_ptr": x_tt, "M": "i32", "N": "i32", "splits": "i32",
+               "stride_om": "i32", "BLOCK": "constexpr", "HAS_BIAS": "constexpr"}
+        specs.append(dict(name=f"qgemv_splitk_reduce_{x_tt[1:]}", fn=_splitk_reduce_kernel, signature=sig,
+                          constexprs=dict(BLOCK=1024, HAS_BIAS=True), num_warps=4, num_stages=1))
     return specs
 
 
@@ -164,9 +184,10 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 
 
 def qgemv(x: torch.Tensor, w: QuantWeight, split_k: int | None = None,
-          config: dict | None = None) -> torch.Tensor:
-    """x (M ≤ 8, K) fp16/bf16 -> (M, N) in x's dtype (`config` overrides gemv_config, for tuning).
-    split_k: K slices added with fp32 atomics (default: only when there are too few row slabs)."""
+          config: dict | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M ≤ 8, K) fp16/bf16 -> (M, N) in x's dtype, + bias (N,) if given (`config` overrides
+    gemv_config, for tuning). split_k: K slices whose fp32 partial sums one reduce kernel adds in a
+    fixed order, with the bias (default: only when there are too few row slabs)."""
     if x.dim() != 2 or x.shape[1] != w.k or x.dtype not in _DTYPES or x.stride(1) != 1:
         raise ValueError(f"qgemv: x must be a row-contiguous fp16/bf16 (M, {w.k}) tensor for a {w.qtype} "
                          f"weight ({w.n_out}, {w.k}), got {tuple(x.shape)} {x.dtype}")
@@ -186,13 +207,20 @@ def qgemv(x: torch.Tensor, w: QuantWeight, split_k: int | None = None,
         split_k = max(1, min(triton.cdiv(4 * sm_count(x.device), slabs), steps // 2))
     per_split = triton.cdiv(steps, split_k) * c["NW"]
     split_k = triton.cdiv(n_words, per_split)
-    atomic = split_k > 1
-    out = (torch.zeros if atomic else torch.empty)(
-        m, w.n_out, dtype=torch.float32 if atomic else x.dtype, device=x.device)  # (M, N)
+    split = split_k > 1
+    out = torch.empty(m, w.n_out, dtype=x.dtype, device=x.device)  # (M, N)
+    dst = torch.empty(split_k, m, w.n_out, dtype=torch.float32, device=x.device) if split else out
     _qgemv_kernel[(slabs, split_k)](
-        x, q, h, d, mm, sc, out, m, w.n_out, n_words, per_split, x.stride(0), out.stride(0),
+        x, q, h, d, mm, sc, dst, m, w.n_out, n_words, per_split, x.stride(0), dst.stride(-2),
         q.stride(0), h.stride(0), d.stride(0), sc.stride(0),
-        QTYPE=qtype_code(w.qtype), BN=c["BN"], NW=c["NW"], BM=_bm(m), ATOMIC=atomic,
+        QTYPE=qtype_code(w.qtype), BN=c["BN"], NW=c["NW"], BM=_bm(m), PARTIAL=split,
         ASM=arch.backend == "cuda",
         num_warps=c["num_warps"], num_stages=c["num_stages"])
-    return out.to(x.dtype) if atomic else out
+    if split:
+        block = min(1024, triton.next_power_of_2(w.n_out))
+        _splitk_reduce_kernel[(m, triton.cdiv(w.n_out, block))](
+            dst, bias if bias is not None else out, out, m, w.n_out, split_k, out.stride(0),
+            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
+    elif bias is not None:
+        out += bias
+    return out

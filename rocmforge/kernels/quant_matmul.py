@@ -165,22 +165,25 @@ def qgemm(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
 
 
 def quant_matmul(x: torch.Tensor, w: QuantWeight | torch.Tensor, qtype: str | None = None,
-                 n_out: int | None = None, *, path: str | None = None) -> torch.Tensor:
+                 n_out: int | None = None, *, path: str | None = None,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """x (M, K) fp16/bf16 @ W^T -> (M, N) in x's dtype.
 
     `w` is a QuantWeight (split once at load time with quant_layouts.split_planes) or raw GGUF bytes
     (N, row_bytes) uint8 with `qtype` and `n_out` (then split on every call: a copy of W).
-    `path` forces "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides."""
+    `path` forces "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides. `bias` (N,) is added."""
     if not isinstance(w, QuantWeight):
         if qtype is None or n_out is None:
             raise ValueError("quant_matmul: raw weight bytes need qtype= and n_out=")
         w = _split_planes(w, qtype, n_out, x.shape[1])
     _check(x, w)
     path = path or choose_path(x.shape[0], current_arch(x.device), w.qtype)
-    if path == "gemv":
-        return qgemv(x, w)
+    if path == "gemv":  # the bias is added in fp32 by its split-K reduce
+        return qgemv(x, w, bias=bias)
     if path == "gemm":
-        return qgemm(x, w)
-    if path == "dequant_mm":
-        return x @ dequantize_planes(w, x.dtype).T
-    raise ValueError(f"quant_matmul: path must be gemv, gemm or dequant_mm, got {path!r}")
+        y = qgemm(x, w)
+    elif path == "dequant_mm":
+        y = x @ dequantize_planes(w, x.dtype).T
+    else:
+        raise ValueError(f"quant_matmul: path must be gemv, gemm or dequant_mm, got {path!r}")
+    return y if bias is None else y + bias

@@ -28,9 +28,7 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(self.dtype).contiguous()  # (T, in)
-        y = quant_matmul(x2, self.qweight)  # (T, out) in self.dtype
-        if self.bias is not None:
-            y = y + self.bias
+        y = quant_matmul(x2, self.qweight, bias=self.bias)  # (T, out) in self.dtype
         return y.reshape(*lead, self.out_features)
 
     def dense_weight(self) -> torch.Tensor:  # (out, in): the exact dequantized weight, for checks

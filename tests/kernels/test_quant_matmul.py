@@ -67,8 +67,22 @@ def test_quant_matmul_paths(qtype, m, path):
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q6_K"])
 def test_gemv_split_k_matches(qtype):
     raw, w, x = _case(qtype, 2, 9, 1024, torch.float16, seed=5)
-    _check(qgemv(x, w, split_k=3), x, raw, qtype, 9, exact_w=True)  # 3 uneven K slices, atomic adds
+    _check(qgemv(x, w, split_k=3), x, raw, qtype, 9, exact_w=True)  # 3 uneven K slices, one reduce
     _check(qgemv(x[:1], w, split_k=2), x[:1], raw, qtype, 9, exact_w=True)
+    assert torch.equal(qgemv(x, w, split_k=3), qgemv(x, w, split_k=3))  # fixed order: deterministic
+
+
+@pytest.mark.parametrize("split_k,path", [(1, "gemv"), (3, "gemv"), (None, "dequant_mm")])
+def test_bias_is_added(split_k, path):
+    """bias (N,): in fp32 by the split-K reduce, after the matmul on the other paths."""
+    raw, w, x = _case("Q8_0", 2, 9, 1024, torch.float16, seed=6)
+    bias = torch.randn(9, generator=torch.Generator().manual_seed(7)).to(torch.float16).to(DEVICE)
+    if path == "gemv":
+        out = qgemv(x, w, split_k=split_k, bias=bias)
+    else:
+        out = quant_matmul(x, w, path=path, bias=bias)
+    ref = quant_matmul_ref(x.cpu(), raw, "Q8_0", 9) + bias.cpu().double()
+    torch.testing.assert_close(out.cpu().double(), ref, atol=2e-2, rtol=2e-3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tensor-core GEMM needs a GPU")
