@@ -78,18 +78,8 @@ class LLM:
     ):
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
-        self.path = resolve_model(model)
-        self.gguf = GGUFFile(self.path)
-        self.model_config = cfg = ModelConfig.from_gguf(self.gguf)
-        md = self.gguf.metadata
-        self.tokenizer = GGUFTokenizer.from_metadata(md)
-        tok = self.tokenizer
-        self.chat_template = ChatTemplate.from_metadata(md)  # None when the file has no template
-        if max_model_len is None:
-            max_model_len = cfg.context_length
-        if not 1 <= max_model_len <= cfg.context_length:
-            raise ValueError(f"max_model_len must be between 1 and the model's context "
-                             f"({cfg.context_length}), got {max_model_len}")
+        cfg, max_model_len = self._open(model, max_model_len)
+        self.model_config, tok = cfg, self.tokenizer
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         self.kv_dtype = resolve_kv_dtype(kv_cache_dtype, self.dtype)
@@ -116,6 +106,20 @@ class LLM:
                              kv_cache_dtype=self.kv_dtype, cuda_graphs=not enforce_eager)  # fmt: skip
         self.engine = LLMEngine(self.model, tok, cfg, econf, device=self.device, dtype=self.dtype, seed=seed)
         self.last_output: RequestOutput | None = None  # set by stream() when a stream completes
+
+    def _open(self, model: str | None, max_model_len: int | None) -> tuple[ModelConfig, int]:
+        """The file, its tokenizer and chat template; -> (the model's config, a checked max_model_len)."""
+        self.path = resolve_model(model)
+        self.gguf = GGUFFile(self.path)
+        cfg = ModelConfig.from_gguf(self.gguf)
+        md = self.gguf.metadata
+        self.tokenizer = GGUFTokenizer.from_metadata(md)
+        self.chat_template = ChatTemplate.from_metadata(md)  # None when the file has no template
+        max_model_len = cfg.context_length if max_model_len is None else max_model_len
+        if not 1 <= max_model_len <= cfg.context_length:
+            raise ValueError(f"max_model_len must be between 1 and the model's context "
+                             f"({cfg.context_length}), got {max_model_len}")
+        return cfg, max_model_len
 
     def _kv_tokens(self, max_model_len: int, utilization: float) -> int:
         """CPU: max(max_model_len, 16384) (untouched cache pages cost nothing there). GPU: what fits in

@@ -26,10 +26,7 @@ import torch.multiprocessing as mp
 from ..config import ModelConfig
 from ..engine.llm_engine import EngineConfig
 from ..engine.outputs import RequestOutput
-from ..gguf.chat_template import ChatTemplate
 from ..gguf.reader import GGUFFile
-from ..gguf.tokenizer import GGUFTokenizer
-from ..hub import resolve_model
 from ..llm import LLM, resolve_device
 from ..sampling_params import SamplingParams
 from .parallel_state import destroy_tp_group, free_port, init_tp_group
@@ -102,16 +99,9 @@ class TensorParallelLLM(LLM):
         world = int(tensor_parallel_size)
         if world < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
-        self.path = resolve_model(model)
-        self.gguf = GGUFFile(self.path)
-        self.full_config = cfg = ModelConfig.from_gguf(self.gguf)
+        cfg, max_model_len = self._open(model, max_model_len)
+        self.full_config = cfg
         TPPlan.make(cfg, 0, world)  # an unsplittable head layout fails here, before any process starts
-        self.tokenizer = GGUFTokenizer.from_metadata(self.gguf.metadata)
-        self.chat_template = ChatTemplate.from_metadata(self.gguf.metadata)
-        max_model_len = cfg.context_length if max_model_len is None else max_model_len
-        if not 1 <= max_model_len <= cfg.context_length:
-            raise ValueError(f"max_model_len must be between 1 and the model's context "
-                             f"({cfg.context_length}), got {max_model_len}")  # fmt: skip
         dev = resolve_device(device)
         attention_backend = attention_backend or ("torch" if dev.type == "cpu" else "triton")
         self.dtype = dtype or (torch.float32 if dev.type == "cpu" else torch.bfloat16)
