@@ -21,20 +21,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cache.kv_cache import to_cache_dtype
+from ..cache.kv_cache import FP8_DTYPES, to_cache_dtype
 from .base import AttentionBackend, AttentionMetadata
-
-FP8 = (torch.float8_e4m3fn,)
 
 
 def _raw(cache: torch.Tensor) -> torch.Tensor:
     """The tensor to index: an fp8 cache as its bytes (CPU torch has no fp8 index ops), else itself."""
-    return cache.view(torch.uint8) if cache.dtype in FP8 else cache
+    return cache.view(torch.uint8) if cache.dtype in FP8_DTYPES else cache
 
 
 def _cooked(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Indexed rows back in the cache's dtype (bytes of an fp8 cache reinterpreted)."""
-    return rows.view(dtype) if dtype in FP8 else rows
+    return rows.view(dtype) if dtype in FP8_DTYPES else rows
 
 
 def _gather(cache: torch.Tensor, table: torch.Tensor, start: int, end: int) -> torch.Tensor:

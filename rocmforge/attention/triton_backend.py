@@ -25,8 +25,9 @@ import os
 
 import torch
 
+from ..cache.kv_cache import FP8_DTYPES
 from ..kernels.arch import current_arch, sm_count
-from ..kernels.flash_attn import FP8_DTYPES, flash_attn_paged
+from ..kernels.flash_attn import flash_attn_paged
 from ..kernels.kv_store import store_kv
 from ..kernels.paged_decode import choose_num_splits, decode_config, paged_decode_attention
 from .base import AttentionBackend, AttentionMetadata

@@ -14,6 +14,7 @@ import torch
 
 from ..config import ModelConfig
 
+FP8_DTYPES = (torch.float8_e4m3fn,)  # the fp8 cache formats (NOTE: AMD's e4m3fnuz: not yet)
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
 
 
@@ -28,7 +29,7 @@ def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
 
 def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x in the cache's dtype; into fp8, saturated at +-FP8_MAX first (torch's cast would give NaN)."""
-    if dtype == torch.float8_e4m3fn:
+    if dtype in FP8_DTYPES:
         return x.float().clamp(-FP8_MAX, FP8_MAX).to(dtype)
     return x.to(dtype)
 

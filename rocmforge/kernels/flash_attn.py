@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rocmforge.cache.kv_cache import FP8_DTYPES
 from rocmforge.kernels.arch import current_arch
 from rocmforge.kernels.flash_attn_configs import AttnConfig, aot_specs, pick_config  # noqa: F401 (re-exported)
 
@@ -212,7 +213,6 @@ def _flash_attn_fwd(Q, K, V, Out, CuQ, CuK, SeqLens, BT,
 # ---------------------------------------------------------------- launchers
 
 _DTYPES = (torch.float16, torch.bfloat16)
-FP8_DTYPES = (torch.float8_e4m3fn,)  # K/V caches decoded after the load (NOTE: AMD's e4m3fnuz: not yet)
 
 
 def _interpreting() -> bool:

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rocmforge.cache.kv_cache import FP8_DTYPES, FP8_MAX
 from rocmforge.kernels.arch import Arch, current_arch
 
 
@@ -77,7 +78,7 @@ def store_kv(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=H, HEAD_DIM=D, PAGE=k_cache.shape[1],
         BLOCK_H=cfg["BLOCK_H"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-        FP8_MAX=448.0 if k_cache.dtype == torch.float8_e4m3fn else 0.0,
+        FP8_MAX=FP8_MAX if k_cache.dtype in FP8_DTYPES else 0.0,
     )
 
 
@@ -95,7 +96,7 @@ def aot_specs(arch: Arch) -> list[dict]:
                 sig["slot_ptr"] = "*i64"
                 sig.update({n: "i32" for n in ints})
                 const = dict(NUM_HEADS=H, HEAD_DIM=D, PAGE=16, BLOCK_H=cfg["BLOCK_H"], BLOCK_D=cfg["BLOCK_D"],
-                             FP8_MAX=448.0 if cdt.startswith("fp8") else 0.0)  # fmt: skip
+                             FP8_MAX=FP8_MAX if cdt.startswith("fp8") else 0.0)  # fmt: skip
                 sig.update({n: "constexpr" for n in const})
                 tag = dt if cdt == dt else f"{dt}_to_{cdt}"
                 specs.append(dict(name=f"store_kv_{tag}_h{H}_d{D}", fn=_store_kv_kernel, signature=sig,

@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rocmforge.cache.kv_cache import FP8_DTYPES
 from rocmforge.kernels.arch import Arch, current_arch, sm_count
 
 
@@ -206,9 +207,10 @@ def paged_decode_attention(
     assert v_cache.shape == k_cache.shape and Dk == D, f"cache {tuple(k_cache.shape)} vs q {tuple(q.shape)}"
     assert Hq % Hkv == 0, f"{Hq} query heads are not a multiple of {Hkv} KV heads"
     assert q.dtype in (torch.float16, torch.bfloat16, torch.float32), q.dtype
-    assert k_cache.dtype == v_cache.dtype and k_cache.dtype in (torch.float16, torch.bfloat16, torch.float32,
-                                                                torch.float8_e4m3fn), k_cache.dtype
-    assert k_cache.dtype != torch.float8_e4m3fn or q.dtype != torch.float32, "an fp8 cache takes fp16/bf16 q"
+    fp8 = k_cache.dtype in FP8_DTYPES
+    assert k_cache.dtype == v_cache.dtype and (fp8 or k_cache.dtype in (torch.float16, torch.bfloat16,
+                                                                        torch.float32)), k_cache.dtype
+    assert not fp8 or q.dtype != torch.float32, "an fp8 cache takes fp16/bf16 q"
     assert block_tables.dtype == torch.int32 and block_tables.shape[0] == S, "block_tables: (S, n) int32"
     assert seq_lens.dtype == torch.int32 and seq_lens.shape == (S,), "seq_lens must be (S,) int32"
     assert q.stride(2) == 1 and k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_dim not contiguous"
@@ -241,7 +243,7 @@ def paged_decode_attention(
         # NOTE: triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot, so on CPU
         # the dots run in fp32 on upcast operands (bf16 x bf16 products are exact in fp32 anyway).
         UPCAST=k_cache.dtype == torch.float32 or q.device.type == "cpu", DOT=cfg["DOT"],
-        KV_FP8=k_cache.dtype == torch.float8_e4m3fn,
+        KV_FP8=fp8,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if num_splits > 1:
