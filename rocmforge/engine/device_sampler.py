@@ -56,27 +56,25 @@ def sample_on_device(logits: torch.Tensor, rows: list[SamplingRow],
     dev = logits.device
     raw = logits.float()
     sp = [r.params for r in rows]
-    if all(p.greedy and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
-           for p in sp) and not any(r.banned_ids for r in rows):  # the common decode batch: one argmax
+    rep_on = any(p.repetition_penalty != 1.0 for p in sp)
+    penalized = rep_on or any(p.frequency_penalty or p.presence_penalty for p in sp)
+    banned = [(r, t) for r, row in enumerate(rows) for t in row.banned_ids]
+    greedy = all(p.greedy for p in sp)
+    if greedy and not penalized and not banned:  # the common decode batch: one argmax
         return _result(raw.argmax(dim=-1), raw, rows)
     z = raw.clone() if raw is logits else raw  # the raw logits stay for logprobs
     table = _row_params(rows).to(dev, torch.float32, non_blocking=True)  # (7, S)
     temp, top_k, top_p, min_p, rep, freq, pres = table
-    if any(r.params.repetition_penalty != 1.0 or r.params.frequency_penalty or r.params.presence_penalty
-           for r in rows):
+    if penalized:
         counts = _counts(rows, V, dev, prompt=False)
-        rep_on = any(r.params.repetition_penalty != 1.0 for r in rows)
         prompt = _counts(rows, V, dev, prompt=True) if rep_on else None
         apply_penalties(z, counts if prompt is None else (prompt, counts), rep, freq, pres)
-    banned = [(r, t) for r, row in enumerate(rows) for t in row.banned_ids]
     if banned:
         idx = torch.tensor(banned, dtype=torch.int64).T.to(dev, non_blocking=True)  # (2, nb)
         z[idx[0], idx[1]] = float("-inf")
-    if not all(r.params.greedy for r in rows):
-        z = apply_top_k_top_p_min_p(z / torch.where(temp > 0, temp, 1.0)[:, None], top_k.long(), top_p, min_p)
-    if all(r.params.greedy for r in rows):  # argmax (first index on ties, as the Gumbel kernel at T = 0)
-        tokens = z.argmax(dim=-1)
-        return _result(tokens, raw, rows)
+    if greedy:  # argmax (first index on ties, as the Gumbel kernel at T = 0)
+        return _result(z.argmax(dim=-1), raw, rows)
+    z = apply_top_k_top_p_min_p(z / torch.where(temp > 0, temp, 1.0)[:, None], top_k.long(), top_p, min_p)
     seeds = [r.generator.initial_seed() if r.generator is not None
              else int(torch.randint(0, 1 << 62, (), generator=default_generator)) for r in rows]  # fmt: skip
     offsets = [len(r.output_ids) for r in rows]
