@@ -13,22 +13,12 @@ from rocmforge.sampling_params import SamplingParams
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of"]
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from rocmforge.hub import ModelNotFoundError, resolve_model
-
-    try:
-        return str(resolve_model("smollm2"))
-    except ModelNotFoundError as e:
-        pytest.skip(f"SmolLM2 GGUF not available: {e}")
-
-
-def test_fp8_cache_keeps_greedy_text(smollm2):
+def test_fp8_cache_keeps_greedy_text(smollm2_path):
     from rocmforge.llm import LLM
 
     params = SamplingParams(temperature=0.0, max_tokens=24, logprobs=2)
-    ref = LLM(smollm2, device="cpu", max_model_len=256).generate(PROMPTS, params)
-    llm = LLM(smollm2, device="cpu", max_model_len=256, kv_cache_dtype="fp8")
+    ref = LLM(smollm2_path, device="cpu", max_model_len=256).generate(PROMPTS, params)
+    llm = LLM(smollm2_path, device="cpu", max_model_len=256, kv_cache_dtype="fp8")
     assert llm.engine.kv_caches[0][0].dtype.itemsize == 1
     got = llm.generate(PROMPTS, params)
     compared = total = 0
@@ -42,8 +32,8 @@ def test_fp8_cache_keeps_greedy_text(smollm2):
     assert compared >= total // 2, f"only {compared}/{total} tokens agree"
 
 
-def test_bad_kv_cache_dtype_is_one_clear_error(smollm2):
+def test_bad_kv_cache_dtype_is_one_clear_error(smollm2_path):
     from rocmforge.llm import LLM
 
     with pytest.raises(ValueError, match="kv_cache_dtype must be 'auto', 'fp8' or 'fp8_e4m3'"):
-        LLM(smollm2, device="cpu", kv_cache_dtype="int4")
+        LLM(smollm2_path, device="cpu", kv_cache_dtype="int4")

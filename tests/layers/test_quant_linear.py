@@ -6,6 +6,8 @@ cores; outputs are rounded to fp16): relative error ~2^-11 per product, on outpu
 K = 576..1536 terms -> tolerance 2e-2 absolute + 1e-2 relative. Runs under TRITON_INTERPRET on CPU.
 """
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -15,14 +17,18 @@ from rocmforge.layers.quant_linear import QuantLinear, quantize_linears
 
 
 @pytest.fixture(scope="module")
-def gguf_file():
+def gguf_file(smollm2_path):
     from rocmforge.gguf.reader import GGUFFile
-    from rocmforge.hub import ModelNotFoundError, resolve_model
 
-    try:
-        return GGUFFile(resolve_model("smollm2"))
-    except ModelNotFoundError as e:
-        pytest.skip(f"SmolLM2 GGUF not available: {e}")
+    return GGUFFile(smollm2_path)
+
+
+@pytest.fixture
+def dev() -> str:
+    """Where the quant kernels run: the GPU, or the CPU under the interpreter (else a skip)."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the quant kernels need a GPU or TRITON_INTERPRET=1")
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class _Block(nn.Module):
@@ -38,10 +44,7 @@ class _Tiny(nn.Module):  # module paths = GGUF tensor names, like the real model
         self.blk = nn.ModuleList([_Block()])
 
 
-def test_swaps_and_matches_dense(gguf_file):
-    if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the quant kernels need a GPU or TRITON_INTERPRET=1")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+def test_swaps_and_matches_dense(gguf_file, dev):
     model = _Tiny().to(dev)
     swapped = quantize_linears(model, gguf_file, dtype=torch.float16)
     assert swapped == {"Q4_1": 2}
@@ -71,12 +74,9 @@ class _TinyFused(nn.Module):
         self.blk = nn.ModuleList([_AttnBlock()])
 
 
-def test_fuses_qkv_and_gate_up_exactly(gguf_file):
+def test_fuses_qkv_and_gate_up_exactly(gguf_file, dev):
     """q/k/v (and gate/up) of one quant type become one QuantLinear over the stacked GGUF rows: its
     dequantized weight is the exact concatenation, the parts are dropped."""
-    if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the quant kernels need a GPU or TRITON_INTERPRET=1")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = _TinyFused().to(dev)
     swapped = quantize_linears(model, gguf_file, dtype=torch.float16)
     assert swapped == {"Q4_1": 5}
