@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 
 KERNEL_MODULES = ["flash_attn", "paged_decode", "kv_store", "rope", "rmsnorm", "activations", "sampling",
-                  "dequant", "quant_matmul"]
+                  "dequant", "quantize_act", "quant_matmul"]
 TARGETS = {"gfx942": ("hip", "gfx942", 64), "gfx90a": ("hip", "gfx90a", 64),
            "gfx1100": ("hip", "gfx1100", 32), "sm90": ("cuda", 90, 32), "sm80": ("cuda", 80, 32)}
 _SM_SHARED = {90: 228 * 1024, 80: 164 * 1024}

@@ -2,9 +2,11 @@
 
     out[m, n] = Σ_k x[m, k] · w[n, k],   w = dequant(planes)  (dequant.py, exact in fp32)
 
-Three paths, all accumulating in fp32:
+Four paths, all accumulating in fp32:
 
-- "gemv" (M ≤ 8, the decode hot path): quant_gemv.py, 16-byte quant vectors per lane decoded with
+- "gemv_i8" (M ≤ 8, CUDA, opt-in until measured): quant_gemv_i8.py, x quantized to int8 per 32 elements
+  (as llama.cpp's MMVQ does), weight bytes dotted with dp4a, scales applied per plane.
+- "gemv" (M ≤ 8, the decode path elsewhere): quant_gemv.py, 16-byte quant vectors per lane decoded with
   integer tricks and per-vector scales, one cross-lane reduction after the K loop.
 - "gemm" (9 ≤ M ≤ 16): a (BM, BN) output tile; per step the (BN, 2P) weight tile is decoded with
   `dequant_tile`, cast to x's dtype and fed to tl.dot (tensor cores) with the matching columns of x.
@@ -19,14 +21,15 @@ import torch
 import triton
 import triton.language as tl
 
-from rocmforge.kernels import quant_gemv
+from rocmforge.kernels import quant_gemv, quant_gemv_i8
 from rocmforge.kernels.arch import Arch, current_arch
 from rocmforge.kernels.dequant import dequant_tile, dequantize_planes, plane_strides
 from rocmforge.kernels.quant_gemv import GEMV_MAX_M, qgemv
+from rocmforge.kernels.quant_gemv_i8 import qgemv_i8
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, group_bytes, qtype_code
 from rocmforge.kernels.quant_layouts import split_planes as _split_planes
 
-__all__ = ["GEMV_MAX_M", "choose_path", "qgemm", "qgemv", "quant_matmul"]
+__all__ = ["GEMV_MAX_M", "choose_path", "qgemm", "qgemv", "qgemv_i8", "quant_matmul"]
 
 
 @triton.jit
@@ -102,6 +105,7 @@ def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
     so the GEMV at M=1 (Q8_0: M<=2, 63 us), the GEMM to 16 rows (Q6_K: its GEMM tile spills, 412 us
     at M=8, so dequant + cuBLAS), dequant + cuBLAS above. AMD is unmeasured: the earlier crossovers."""
     if arch.backend == "cuda":
+        # NOTE: "gemv_i8" is not the default until it is measured on the GPU (bench_gemv_i8.py)
         if m == 1 or (m == 2 and qtype == "Q8_0"):
             return "gemv"
         if m <= 16 and qtype != "Q6_K":
@@ -124,7 +128,7 @@ def _signature(qtype: str, x_tt: str) -> dict:
 
 def aot_specs(arch: Arch) -> list[dict]:
     """Every GEMV (quant_gemv.aot_specs) and GEMM (per BM) config this arch launches."""
-    specs = quant_gemv.aot_specs(arch)
+    specs = quant_gemv.aot_specs(arch) + quant_gemv_i8.aot_specs(arch)
     for name in QTYPE_NAMES:
         for x_tt in _DTYPES.values():
             for bm in _GEMM_BMS:
@@ -171,7 +175,7 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight | torch.Tensor, qtype: str | No
 
     `w` is a QuantWeight (split once at load time with quant_layouts.split_planes) or raw GGUF bytes
     (N, row_bytes) uint8 with `qtype` and `n_out` (then split on every call: a copy of W).
-    `path` forces "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides. `bias` (N,) is added."""
+    `path` forces "gemv_i8" | "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides. `bias` (N,) is added."""
     if not isinstance(w, QuantWeight):
         if qtype is None or n_out is None:
             raise ValueError("quant_matmul: raw weight bytes need qtype= and n_out=")
@@ -180,10 +184,12 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight | torch.Tensor, qtype: str | No
     path = path or choose_path(x.shape[0], current_arch(x.device), w.qtype)
     if path == "gemv":  # the bias is added in fp32 by its split-K reduce
         return qgemv(x, w, bias=bias)
+    if path == "gemv_i8":
+        return qgemv_i8(x, w, bias=bias)
     if path == "gemm":
         y = qgemm(x, w)
     elif path == "dequant_mm":
         y = x @ dequantize_planes(w, x.dtype).T
     else:
-        raise ValueError(f"quant_matmul: path must be gemv, gemm or dequant_mm, got {path!r}")
+        raise ValueError(f"quant_matmul: path must be gemv_i8, gemv, gemm or dequant_mm, got {path!r}")
     return y if bias is None else y + bias

@@ -93,3 +93,28 @@ def quant_matmul_ref(x: torch.Tensor, raw: torch.Tensor, qtype: str, n_out: int)
     (exactly dequantized) weight with x, the target for the fp32-accumulating kernels."""
     w = dequantize_ref(raw, qtype, (n_out, x.shape[1]))  # (N, K) fp32
     return x.double() @ w.double().T
+
+
+def quantize_act_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Twin of quantize_act.quantize_act, bit-exact: x (M, K) -> xq (M, K) int8, xd (M, K/32),
+    xs (M, K/16) fp32 (per 32-group scale amax/127; xs = xd · Σ xq over each 16-element half)."""
+    m, k = x.shape
+    g = x.float().reshape(m, k // 32, 32)  # (M, G, 32)
+    amax = g.abs().amax(-1)  # (M, G)
+    # NOTE: tensor / tensor: torch computes `127.0 / t` as a reciprocal times 127 (not IEEE-rounded)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / torch.where(amax > 0, amax, 1.0), 0.0)
+    rint = 12582912.0  # 1.5 * 2^23: (v + rint) - rint rounds half to even
+    q = ((g * inv[..., None] + rint) - rint).clamp(-127.0, 127.0)
+    d = amax / torch.full_like(amax, 127.0)
+    xs = d[..., None] * q.reshape(m, k // 32, 2, 16).sum(-1)  # (M, G, 2)
+    return q.to(torch.int8).reshape(m, k), d, xs.reshape(m, k // 16)
+
+
+def quant_matmul_i8_ref(x: torch.Tensor, raw: torch.Tensor, qtype: str, n_out: int) -> torch.Tensor:
+    """What the integer-dot GEMV computes, in float64: the exact dequantized weight times the
+    int8-quantized x (xd · xq, quantize_act_ref), so only its fp32 summation order differs."""
+    xq, xd, _ = quantize_act_ref(x)
+    m, k = x.shape
+    xv = (xq.double().reshape(m, k // 32, 32) * xd.double()[..., None]).reshape(m, k)
+    w = dequantize_ref(raw, qtype, (n_out, k))
+    return xv @ w.double().T
