@@ -19,11 +19,11 @@ import torch
 import triton
 from bench_quant_matmul import copy_bandwidth, graph_time, weights
 
+from rocmforge.kernels.arch import current_arch
 from rocmforge.kernels.dequant import dequantize_planes
 from rocmforge.kernels.quant_gemv import qgemv
 from rocmforge.kernels.quant_gemv_i8 import gemv_i8_config, qgemv_i8, qgemv_i8_quantized
 from rocmforge.kernels.quantize_act import quantize_act
-from rocmforge.kernels.arch import current_arch
 
 SHAPES = [(14336, 4096), (4096, 4096), (4096, 14336)]
 CONFIGS = [(8, 4, 1), (8, 8, 2), (16, 4, 2), (16, 8, 2), (16, 8, 4), (32, 4, 4), (32, 8, 4), (16, 16, 4)]
@@ -49,25 +49,31 @@ def main() -> int:
     dev = torch.cuda.get_device_name()
     copy, read = copy_bandwidth(), read_bandwidth()
     lines = [f"# integer-dot GEMV on {dev} ({datetime.date.today()})", "",
-             f"torch {torch.__version__}, triton {triton.__version__}. Copy (read + write) {copy / 1e9:.0f} GB/s, "
+             f"torch {torch.__version__}, triton {triton.__version__}. "
+             f"Copy (read + write) {copy / 1e9:.0f} GB/s, "
              f"read-only (torch.sum, 2 GiB) {read / 1e9:.0f} GB/s, both measured in this run.", ""]
     if a.sweep:
         lines += ["## i8 config sweep, M = 1, x pre-quantized", "",
-                  "| qtype | N×K | BN | NC | warps | µs | GB/s | % read |", "|---|---|---|---|---|---|---|---|"]
+                  "| qtype | N×K | BN | NC | warps | µs | GB/s | % read |",
+                  "|---|---|---|---|---|---|---|---|"]
         for qt in a.qtypes.split(","):
             for n, k in SHAPES[:2]:
                 ws = weights(qt, n, k)
                 xq = quantize_act(torch.randn(1, k, device="cuda", dtype=torch.bfloat16))
                 for bn, nc, nw in CONFIGS:
                     cfg = dict(BN=bn, NC=nc, num_warps=nw, num_stages=1)
-                    t = _us(lambda x, w: qgemv_i8_quantized(x, w, torch.bfloat16, config=cfg), ws, xq)
+                    def fn(x, w, cfg=cfg):
+                        return qgemv_i8_quantized(x, w, torch.bfloat16, config=cfg)
+                    t = _us(fn, ws, xq)
                     gbs = ws[0].nbytes / t / 1e3
-                    lines.append(f"| {qt} | {n}×{k} | {bn} | {nc} | {nw} | {t:.1f} | {gbs:.0f} | {gbs * 1e9 / read:.0%} |")
+                    lines.append(f"| {qt} | {n}×{k} | {bn} | {nc} | {nw} | {t:.1f} | {gbs:.0f} | "
+                                 f"{gbs * 1e9 / read:.0%} |")
                     print(lines[-1], flush=True)
         lines.append("")
     lines += ["## Default configs", "",
               "| qtype | N×K | M | i8 µs | i8 GB/s | % read | i8 pre-quantized µs | fp32-lane GEMV µs | "
-              "dequant+cuBLAS µs | i8 speed-up vs lane / vs dequant+cuBLAS |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "dequant+cuBLAS µs | i8 speed-up vs lane / vs dequant+cuBLAS |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for qt in a.qtypes.split(","):
         for n, k in SHAPES:
             ws = weights(qt, n, k)
@@ -76,14 +82,17 @@ def main() -> int:
                 t8 = _us(lambda x, w: qgemv_i8(x, w), ws, x)
                 tq = _us(lambda x, w: qgemv_i8_quantized(x, w, torch.bfloat16), ws, quantize_act(x))
                 tl_ = _us(lambda x, w: qgemv(x, w), ws, x)
-                td = _us(lambda x, w: x @ dequantize_planes(w, torch.bfloat16).T, ws[:2], x) if m == 1 else float("nan")
+                td = float("nan")  # the dequant + cuBLAS baseline at M = 1 only
+                if m == 1:
+                    td = _us(lambda x, w: x @ dequantize_planes(w, torch.bfloat16).T, ws[:2], x)
                 gbs = ws[0].nbytes / t8 / 1e3
-                lines.append(f"| {qt} | {n}×{k} | {m} | {t8:.1f} | {gbs:.0f} | {gbs * 1e9 / read:.0%} | {tq:.1f} | "
-                             f"{tl_:.1f} | {td:.1f} | {tl_ / t8:.2f}× / {td / t8:.2f}× |")
+                lines.append(f"| {qt} | {n}×{k} | {m} | {t8:.1f} | {gbs:.0f} | {gbs * 1e9 / read:.0%} | "
+                             f"{tq:.1f} | {tl_:.1f} | {td:.1f} | {tl_ / t8:.2f}× / {td / t8:.2f}× |")
                 print(lines[-1], flush=True)
     x = torch.randn(1, 14336, device="cuda", dtype=torch.bfloat16)
     tq = graph_time([lambda: quantize_act(x)] * 20) * 1e6
-    lines += ["", f"quantize_act alone, 1×14336 bf16: {tq:.1f} µs per call (graph-timed, 20 calls per replay).",
+    lines += ["", f"quantize_act alone, 1×14336 bf16: {tq:.1f} µs per call "
+                  "(graph-timed, 20 calls per replay).",
               f"Default i8 config at M=1 (Q4_K): {gemv_i8_config(current_arch(), 'Q4_K')}."]
     text = "\n".join(lines) + "\n"
     if a.out:

@@ -183,6 +183,37 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.int32 else t.view(torch.int32)
 
 
+def plan_split_k(m: int, n_out: int, n_units: int, bn: int, step: int, split_k: int | None,
+                 dtype: torch.dtype, device) -> tuple[int, int, int, torch.Tensor, torch.Tensor]:
+    """Grid and buffers of a GEMV over n_out rows of n_units K units (words, chunks), `step` per
+    K step: (row slabs, splits, units per split, out (M, N) dtype, dst). Default split_k: ~4
+    programs per SM, never a split shorter than 2 steps. dst is out, or with splits a
+    (splits, M, N) fp32 partial buffer for finish_split_k."""
+    slabs = triton.cdiv(n_out, bn)
+    steps = triton.cdiv(n_units, step)
+    if split_k is None:
+        split_k = max(1, min(triton.cdiv(4 * sm_count(device), slabs), steps // 2))
+    per_split = triton.cdiv(steps, split_k) * step
+    split_k = triton.cdiv(n_units, per_split)
+    out = torch.empty(m, n_out, dtype=dtype, device=device)  # (M, N)
+    dst = torch.empty(split_k, m, n_out, dtype=torch.float32, device=device) if split_k > 1 else out
+    return slabs, split_k, per_split, out, dst
+
+
+def finish_split_k(dst: torch.Tensor, out: torch.Tensor, split_k: int,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """out = Σ of the split-K partials in dst, in split order (+ bias in fp32), or out + bias."""
+    m, n = out.shape
+    if split_k > 1:
+        block = min(1024, triton.next_power_of_2(n))
+        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
+            dst, bias if bias is not None else out, out, m, n, split_k, out.stride(0),
+            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
+    elif bias is not None:
+        out += bias
+    return out
+
+
 def qgemv(x: torch.Tensor, w: QuantWeight, split_k: int | None = None,
           config: dict | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (M ≤ 8, K) fp16/bf16 -> (M, N) in x's dtype, + bias (N,) if given (`config` overrides
@@ -201,26 +232,13 @@ def qgemv(x: torch.Tensor, w: QuantWeight, split_k: int | None = None,
     if w.qtype in _SC_WORDS:
         sc = _words(sc)  # (N, K / 256 * 3) int32
     n_words = q.shape[1]
-    slabs = triton.cdiv(w.n_out, c["BN"])
-    steps = triton.cdiv(n_words, c["NW"])
-    if split_k is None:  # ~4 programs per SM, never a split shorter than 2 steps
-        split_k = max(1, min(triton.cdiv(4 * sm_count(x.device), slabs), steps // 2))
-    per_split = triton.cdiv(steps, split_k) * c["NW"]
-    split_k = triton.cdiv(n_words, per_split)
+    slabs, split_k, per_split, out, dst = plan_split_k(m, w.n_out, n_words, c["BN"], c["NW"], split_k,
+                                                        x.dtype, x.device)
     split = split_k > 1
-    out = torch.empty(m, w.n_out, dtype=x.dtype, device=x.device)  # (M, N)
-    dst = torch.empty(split_k, m, w.n_out, dtype=torch.float32, device=x.device) if split else out
     _qgemv_kernel[(slabs, split_k)](
         x, q, h, d, mm, sc, dst, m, w.n_out, n_words, per_split, x.stride(0), dst.stride(-2),
         q.stride(0), h.stride(0), d.stride(0), sc.stride(0),
         QTYPE=qtype_code(w.qtype), BN=c["BN"], NW=c["NW"], BM=_bm(m), PARTIAL=split,
         ASM=arch.backend == "cuda",
         num_warps=c["num_warps"], num_stages=c["num_stages"])
-    if split:
-        block = min(1024, triton.next_power_of_2(w.n_out))
-        _splitk_reduce_kernel[(m, triton.cdiv(w.n_out, block))](
-            dst, bias if bias is not None else out, out, m, w.n_out, split_k, out.stride(0),
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
-    elif bias is not None:
-        out += bias
-    return out
+    return finish_split_k(dst, out, split_k, bias)

@@ -31,7 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from rocmforge.kernels.arch import Arch, current_arch, sm_count
+from rocmforge.kernels.arch import Arch, current_arch
+from rocmforge.kernels.gemv_decode import _spread4
+from rocmforge.kernels.quant_gemv import _DTYPES, _SC_WORDS, _words, finish_split_k, plan_split_k
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, plane_dtypes, qtype_code
 from rocmforge.kernels.quantize_act import quantize_act
 
@@ -59,12 +61,6 @@ def _ld(ptr, mask, EVEN: tl.constexpr):
         return tl.load(ptr)
     else:
         return tl.load(ptr, mask=mask, other=0)
-
-
-@triton.jit
-def _spread4(b):
-    """Low 4 bits of b (int32) -> bit 4 of each byte lane (bit t -> bit 8t + 4)."""
-    return ((b & 0xF) * 0x02040810) & 0x10101010
 
 
 @triton.jit
@@ -175,6 +171,7 @@ def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr,
     EVEN: N % BN == 0 and every split is a whole number of steps, so weight loads need no mask."""
     TWO: tl.constexpr = QTYPE == 8 or QTYPE == 12 or QTYPE == 13
     HAS_HI: tl.constexpr = QTYPE != 8
+    EVEN_X: tl.constexpr = EVEN and BM == 1  # rows of x past M are masked whenever BM > 1
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     mask_n = offs_n < N
     rows2 = offs_n.to(tl.int64)[:, None]  # (BN, 1)
@@ -196,11 +193,12 @@ def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr,
             xq_row = xq_ptr + mi * stride_xq
             xd_row = xd_ptr + mi * stride_xd
             xs_row = xs_ptr + mi * stride_xs
-            me = mask_c & (g2 * 0 + mi < M)  # NOTE: a tensor compare (a scalar one breaks the interpreter's mask)
+            # NOTE: a tensor compare: a scalar one breaks the interpreter's mask
+            me = mask_c & (g2 * 0 + mi < M)
             mx = mask_x & me[:, :, None]
-            c = _plane(xq_row, xd_row, xs_row, lo_a, lo_b, e_lo, s_lo, b_lo, me, mx, TWO, ASM, EVEN and BM == 1)
+            c = _plane(xq_row, xd_row, xs_row, lo_a, lo_b, e_lo, s_lo, b_lo, me, mx, TWO, ASM, EVEN_X)
             if HAS_HI:
-                c += _plane(xq_row, xd_row, xs_row, hi_a, hi_b, e_hi, s_hi, b_hi, me, mx, TWO, ASM, EVEN and BM == 1)
+                c += _plane(xq_row, xd_row, xs_row, hi_a, hi_b, e_hi, s_hi, b_hi, me, mx, TWO, ASM, EVEN_X)
             if BM == 1:
                 acc += c
             else:
@@ -215,8 +213,6 @@ def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr,
 
 
 # ---------------------------------------------------------------- per-arch configs
-_DTYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-_SC_WORDS = ("Q4_K", "Q5_K")  # packed 6-bit scales read as 3 int32 words per superblock
 _H_WORDS = ("Q5_K", "Q6_K")  # qh bytes read as int32 words (Q5_0/Q5_1's plane is int32 already)
 
 
@@ -269,11 +265,6 @@ def aot_specs(arch: Arch) -> list[dict]:
 
 
 # ---------------------------------------------------------------- launcher
-def _words(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous uint8/int32 plane (N, B) viewed as int32 words (N, B / 4)."""
-    return t if t.dtype == torch.int32 else t.view(torch.int32)
-
-
 def qgemv_i8(x: torch.Tensor, w: QuantWeight, split_k: int | None = None, config: dict | None = None,
              bias: torch.Tensor | None = None, asm: bool | None = None) -> torch.Tensor:
     """x (M ≤ 8, K) fp16/bf16 -> (M, N) in x's dtype (+ bias (N,)): x quantized to int8 per 32
@@ -291,8 +282,6 @@ def qgemv_i8_quantized(xqds: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w:
     split_k: K slices whose fp32 partials one reduce kernel adds in a fixed order, with the bias
     (default: only when there are too few row slabs); `config` overrides gemv_i8_config (tuning);
     `asm` forces the dp4a instruction on or off (default: on CUDA)."""
-    from rocmforge.kernels.quant_gemv import _splitk_reduce_kernel
-
     xq, xd, xs = xqds
     m = xq.shape[0]
     if not 1 <= m <= GEMV_I8_MAX_M or xq.shape[1] != w.k:
@@ -307,15 +296,9 @@ def qgemv_i8_quantized(xqds: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w:
     if w.qtype in _SC_WORDS:
         sc = _words(sc)
     n_chunks = w.k // _CHUNK_ELEMS.get(w.qtype, 32)
-    slabs = triton.cdiv(w.n_out, c["BN"])
-    steps = triton.cdiv(n_chunks, c["NC"])
-    if split_k is None:  # ~4 programs per SM, never a split shorter than 2 steps
-        split_k = max(1, min(triton.cdiv(4 * sm_count(xq.device), slabs), steps // 2))
-    per_split = triton.cdiv(steps, split_k) * c["NC"]
-    split_k = triton.cdiv(n_chunks, per_split)
+    slabs, split_k, per_split, out, dst = plan_split_k(m, w.n_out, n_chunks, c["BN"], c["NC"], split_k,
+                                                        out_dtype, xq.device)
     split = split_k > 1
-    out = torch.empty(m, w.n_out, dtype=out_dtype, device=xq.device)  # (M, N)
-    dst = torch.empty(split_k, m, w.n_out, dtype=torch.float32, device=xq.device) if split else out
     xw = xq.view(torch.int32)  # (M, K / 4)
     _qgemv_i8_kernel[(slabs, split_k)](
         xw, xd, xs, q, h, d, mm, sc, dst, m, w.n_out, n_chunks, per_split,
@@ -325,11 +308,4 @@ def qgemv_i8_quantized(xqds: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w:
         ASM=(arch.backend == "cuda") if asm is None else asm,
         EVEN=w.n_out % c["BN"] == 0 and n_chunks % per_split == 0,
         num_warps=c["num_warps"], num_stages=c["num_stages"])
-    if split:
-        block = min(1024, triton.next_power_of_2(w.n_out))
-        _splitk_reduce_kernel[(m, triton.cdiv(w.n_out, block))](
-            dst, bias if bias is not None else out, out, m, w.n_out, split_k, out.stride(0),
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
-    elif bias is not None:
-        out += bias
-    return out
+    return finish_split_k(dst, out, split_k, bias)

@@ -175,7 +175,8 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight | torch.Tensor, qtype: str | No
 
     `w` is a QuantWeight (split once at load time with quant_layouts.split_planes) or raw GGUF bytes
     (N, row_bytes) uint8 with `qtype` and `n_out` (then split on every call: a copy of W).
-    `path` forces "gemv_i8" | "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides. `bias` (N,) is added."""
+    `path` forces "gemv_i8" | "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides.
+    `bias` (N,) is added."""
     if not isinstance(w, QuantWeight):
         if qtype is None or n_out is None:
             raise ValueError("quant_matmul: raw weight bytes need qtype= and n_out=")

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rocmforge.kernels.arch import Arch
+from rocmforge.kernels.arch import Arch, current_arch
 
 XGROUP = 32  # elements per xd scale
 _RINT = tl.constexpr(12582912.0)  # 1.5 * 2^23
@@ -77,8 +77,6 @@ def quantize_act(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
     xd = torch.empty(m, k // 32, dtype=torch.float32, device=x.device)
     xs = torch.empty(m, k // 16, dtype=torch.float32, device=x.device)
-    from rocmforge.kernels.arch import current_arch
-
     c = act_config(current_arch(x.device))
     _quantize_act_kernel[(m, triton.cdiv(k // 32, c["BG"]))](
         x, xq, xd, xs, k, x.stride(0), BG=c["BG"], DIV_RN=x.device.type != "cpu", num_warps=c["num_warps"],
