@@ -2,7 +2,8 @@
 
     effective GB/s = quantized weight bytes (all planes) / time
 
-Baselines measured here: the fp32-lane v2 GEMV, dequantize + cuBLAS bf16, a device-to-device copy
+Baselines measured here: the fp32-lane v2 GEMV, the BM=16 tensor-core GEMM (M > 1), dequantize +
+cuBLAS bf16 (M = 1, 8), a device-to-device copy
 (read + write counted) and a read-only pass (torch.sum over 2 GiB, bytes read / time). The i8 time
 includes quantizing x (quantize_act) unless the column says "pre-quantized". Weights rotate past
 L2 and every set of calls is one CUDA-graph replay (bench_quant_matmul.graph_time).
@@ -23,6 +24,7 @@ from rocmforge.kernels.arch import current_arch
 from rocmforge.kernels.dequant import dequantize_planes
 from rocmforge.kernels.quant_gemv import qgemv
 from rocmforge.kernels.quant_gemv_i8 import gemv_i8_config, qgemv_i8, qgemv_i8_quantized
+from rocmforge.kernels.quant_matmul import choose_path, qgemm
 from rocmforge.kernels.quantize_act import quantize_act
 
 SHAPES = [(14336, 4096), (4096, 4096), (4096, 14336)]
@@ -72,8 +74,8 @@ def main() -> int:
         lines.append("")
     lines += ["## Default configs", "",
               "| qtype | N×K | M | i8 µs | i8 GB/s | % read | i8 pre-quantized µs | fp32-lane GEMV µs | "
-              "dequant+cuBLAS µs | i8 speed-up vs lane / vs dequant+cuBLAS |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "GEMM BM=16 µs | dequant+cuBLAS µs | i8 speed-up vs lane / vs dequant+cuBLAS | default path |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for qt in a.qtypes.split(","):
         for n, k in SHAPES:
             ws = weights(qt, n, k)
@@ -82,12 +84,16 @@ def main() -> int:
                 t8 = _us(lambda x, w: qgemv_i8(x, w), ws, x)
                 tq = _us(lambda x, w: qgemv_i8_quantized(x, w, torch.bfloat16), ws, quantize_act(x))
                 tl_ = _us(lambda x, w: qgemv(x, w), ws, x)
-                td = float("nan")  # the dequant + cuBLAS baseline at M = 1 only
-                if m == 1:
+                tg = td = float("nan")  # the GEMM at M > 1; dequant + cuBLAS at M = 1 and 8
+                if m > 1:
+                    tg = _us(lambda x, w: qgemm(x, w), ws, x)
+                if m in (1, 8):
                     td = _us(lambda x, w: x @ dequantize_planes(w, torch.bfloat16).T, ws[:2], x)
                 gbs = ws[0].nbytes / t8 / 1e3
+                path = choose_path(m, current_arch(), qt)
                 lines.append(f"| {qt} | {n}×{k} | {m} | {t8:.1f} | {gbs:.0f} | {gbs * 1e9 / read:.0%} | "
-                             f"{tq:.1f} | {tl_:.1f} | {td:.1f} | {tl_ / t8:.2f}× / {td / t8:.2f}× |")
+                             f"{tq:.1f} | {tl_:.1f} | {tg:.1f} | {td:.1f} | {tl_ / t8:.2f}× / {td / t8:.2f}× "
+                             f"| {path} |")
                 print(lines[-1], flush=True)
     x = torch.randn(1, 14336, device="cuda", dtype=torch.bfloat16)
     tq = graph_time([lambda: quantize_act(x)] * 20) * 1e6

@@ -13,6 +13,29 @@ export ROCMFORGE_CACHE=/tmp/rfcache; mkdir -p $ROCMFORGE_CACHE/models
 if [ -f /tmp/smol.part00 ] && [ -d .m2 ]; then
     cat /tmp/smol.part00 .m2/smol.part01 > $ROCMFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
 fi
+syn() { python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
+for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"; }
+if [ "${1:-all}" = engine ]; then  # engine figures only (no HF, no tests): bench + where a step goes
+    syn
+    for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do
+        c=64; [ $m = qwen2.5-0.5b-q8_0 ] && c=16
+        timeout 150 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c $c \
+            --load-prompt 512 --load-output 256 --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err
+        echo "bench $m rc=$?"
+    done
+    for f in llama-3-8b-q4_k_m-L32 qwen2.5-0.5b-q8_0-L24; do
+        timeout 80 python3 benchmarks/profile_decode.py /tmp/syn/$f.gguf > $OUT/profile_$f.txt 2>&1
+        echo "profile $f rc=$?"; grep -E "ms/step" $OUT/profile_$f.txt
+    done
+    exit 0
+fi
+if [ "${1:-all}" = kernels ]; then  # native kernel tests + the i8 GEMV at every type
+    timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels tests/layers > $OUT/tests.log 2>&1
+    echo "tests rc=$?"; tail -3 $OUT/tests.log
+    (cd benchmarks && timeout 200 python3 bench_gemv_i8.py --qtypes Q4_K,Q5_K,Q6_K,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1 \
+        --out $OUT > $OUT/gemv_i8.log 2>&1); echo "gemv_i8 rc=$?"
+    exit 0
+fi
 python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
 for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"
 timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels tests/attention tests/layers tests/engine \

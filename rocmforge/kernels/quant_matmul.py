@@ -4,7 +4,7 @@
 
 Four paths, all accumulating in fp32:
 
-- "gemv_i8" (M ≤ 8, CUDA, opt-in until measured): quant_gemv_i8.py, x quantized to int8 per 32 elements
+- "gemv_i8" (M ≤ 8, CUDA's decode path): quant_gemv_i8.py, x quantized to int8 per 32 elements
   (as llama.cpp's MMVQ does), weight bytes dotted with dp4a, scales applied per plane.
 - "gemv" (M ≤ 8, the decode path elsewhere): quant_gemv.py, 16-byte quant vectors per lane decoded with
   integer tricks and per-vector scales, one cross-lane reduction after the K loop.
@@ -25,7 +25,7 @@ from rocmforge.kernels import quant_gemv, quant_gemv_i8
 from rocmforge.kernels.arch import Arch, current_arch
 from rocmforge.kernels.dequant import dequant_tile, dequantize_planes, plane_strides
 from rocmforge.kernels.quant_gemv import GEMV_MAX_M, qgemv
-from rocmforge.kernels.quant_gemv_i8 import qgemv_i8
+from rocmforge.kernels.quant_gemv_i8 import GEMV_I8_MAX_M, qgemv_i8
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, group_bytes, qtype_code
 from rocmforge.kernels.quant_layouts import split_planes as _split_planes
 
@@ -98,22 +98,29 @@ def gemm_config(arch: Arch, qtype: str, bm: int) -> dict:
 
 
 def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
-    """"gemv" | "gemm" | "dequant_mm" for M rows of x, from H200 measurements (quant_matmul_h200.md).
+    """"gemv_i8" | "gemv" | "gemm" | "dequant_mm" for M rows of x, from H200 measurements
+    (benchmarks/results/gemv_i8_h200.md, quant_matmul_h200.md).
 
-    CUDA: the v2 GEMV's multi-row variants cost 2.5-4x its M=1 time per extra row (Q4_K 14336x4096:
-    M=1 42 us, M=2 150 us) while the BM=16 GEMM is ~flat (91 us at M=8) and dequant + cuBLAS ~90 us:
-    so the GEMV at M=1 (Q8_0: M<=2, 63 us), the GEMM to 16 rows (Q6_K: its GEMM tile spills, 412 us
-    at M=8, so dequant + cuBLAS), dequant + cuBLAS above. AMD is unmeasured: the earlier crossovers."""
+    CUDA, 14336x4096: at M=1 the integer-dot GEMV wins for Q4_K (15.9 us + 1.6 us to quantize x vs
+    the fp32-lane GEMV's 23.9) and loses for Q6_K / Q8_0 (29 / 26 vs 25): those keep the lane GEMV.
+    At M=2..8 the lane GEMV costs 2.5-4x per extra row while the i8 GEMV grows slowly (Q4_K M=8 93 us,
+    4096x4096 23 us vs the BM=16 GEMM's 91 / 64; Q8_0 73 vs 84): i8 to 8 rows, except Q6_K above
+    4 rows (137 us vs dequant + cuBLAS ~93; its GEMM tile spills). Then the GEMM to 16 rows (Q6_K:
+    dequant + cuBLAS), dequant + cuBLAS above. AMD is unmeasured: the earlier crossovers."""
     if arch.backend == "cuda":
-        # NOTE: "gemv_i8" is not the default until it is measured on the GPU (bench_gemv_i8.py)
-        if m == 1 or (m == 2 and qtype == "Q8_0"):
-            return "gemv"
+        if m == 1:
+            return "gemv_i8" if qtype in _I8_AT_M1 else "gemv"
+        if m <= GEMV_I8_MAX_M and not (qtype == "Q6_K" and m > 4):
+            return "gemv_i8"
         if m <= 16 and qtype != "Q6_K":
             return "gemm"
         return "dequant_mm"
     if m <= GEMV_MAX_M:
         return "gemv"
     return "gemm" if m <= 16 else "dequant_mm"
+
+
+_I8_AT_M1 = ("Q4_K",)  # NOTE: the other types at M=1 are unmeasured (Q5_K, Q4_0, ...) or lose (Q6_K, Q8_0)
 
 
 def _signature(qtype: str, x_tt: str) -> dict:

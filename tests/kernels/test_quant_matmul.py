@@ -15,8 +15,9 @@ import os
 import pytest
 import torch
 
+from rocmforge.kernels.arch import current_arch
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, random_blocks, split_planes
-from rocmforge.kernels.quant_matmul import GEMV_MAX_M, qgemv, quant_matmul
+from rocmforge.kernels.quant_matmul import GEMV_MAX_M, choose_path, qgemv, quant_matmul
 from rocmforge.kernels.reference_quant import dequantize_ref, quant_matmul_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -94,7 +95,11 @@ def test_gemm_bf16_large_tiles_gpu(qtype):
 
 def test_default_path_and_raw_bytes():
     raw, w, x = _case("Q8_0", 2, 7, 256, torch.float16, seed=3)
-    _check(quant_matmul(x, raw.to(DEVICE), "Q8_0", 7), x, raw, "Q8_0", 7, exact_w=False)
+    path = choose_path(2, current_arch(x.device), "Q8_0")
+    out = quant_matmul(x, raw.to(DEVICE), "Q8_0", 7)  # raw bytes: split into planes on the call
+    assert torch.equal(out, quant_matmul(x, w, path=path))
+    if path != "gemv_i8":  # the integer-dot path quantizes x: its own twin, test_quant_gemv_i8.py
+        _check(out, x, raw, "Q8_0", 7, exact_w=False)
 
 
 def test_errors_are_for_people():
