@@ -22,6 +22,12 @@ class AttnConfig:
     split_d: bool = False  # the head dim in two halves (SPLIT_D in _attn_tiles)
 
 
+def _triton_version() -> tuple[int, int]:
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split(".")[:2])
+
+
 def pick_config(arch: Arch, head_dim: int) -> AttnConfig:
     """Tile shape per target. NOTE: register/LDS budgets, not speed alone, bound the D=256 tiles."""
     if arch.backend == "cpu":  # interpreter: small tiles so tests cross many tile boundaries
@@ -31,9 +37,13 @@ def pick_config(arch: Arch, head_dim: int) -> AttnConfig:
     if arch.is_rdna:  # wave32, 64 KB LDS; WMMA operand layouts are register-hungry (AOT: 239-256 VGPRs)
         if head_dim <= 64:
             return AttnConfig(64, 32, 4, 1)
-        # NOTE: D=256 held q in WMMA operand layout and spilled with every tile from 16x16 to 64x32;
-        # split_d (halves, q re-read per tile) at 16x16 / 8 warps compiles clean (AOT: 250-252 VGPRs)
-        return AttnConfig(16, 16, 8, 1) if head_dim <= 128 else AttnConfig(16, 16, 8, 1, split_d=True)
+        # NOTE: D=256 on Triton 3.9 held q in WMMA operand layout and spilled with every tile from 16x16
+        # to 64x32; split_d (halves, q re-read per tile) at 16x16 / 8 warps compiles clean there (AOT:
+        # 250-252 VGPRs). Triton 3.6 is the other way round: split_d spills 35-94 B, whole D is clean
+        # (241-246 VGPRs). 3.7 / 3.8 are unchecked (they take the 3.9 choice).
+        if head_dim <= 128:
+            return AttnConfig(16, 16, 8, 1)
+        return AttnConfig(16, 16, 8, 1, split_d=_triton_version() >= (3, 7))
     if arch.is_hopper:  # swept on H200 (benchmarks/notes_attention.md); (128, 32, 8, 3) at D=256 is +26%
         if head_dim <= 64:  # but spills 12 B in the AOT compile, so the clean 2-stage one is used
             return AttnConfig(128, 64, 4, 3)

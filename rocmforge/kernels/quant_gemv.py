@@ -61,13 +61,14 @@ def _row_contrib(x_row, cols, hi_off, mask_w, lo, hi, s_lo, s_hi, b_lo, b_hi,
 
 
 @triton.jit
-def _qgemv_kernel(x_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, M, N, n_words, words_per_split,
+def _qgemv_kernel(x_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, part_ptr, cnt_ptr, b_ptr,
+                  M, N, n_words, words_per_split,
                   stride_xm, stride_om, stride_q, stride_h, stride_d, stride_sc,
                   QTYPE: tl.constexpr, BN: tl.constexpr, NW: tl.constexpr, BM: tl.constexpr,
-                  PARTIAL: tl.constexpr, ASM: tl.constexpr):
+                  SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr):
     """Program (i, j): rows [i·BN, +BN), quant words [j·words_per_split, +words_per_split), NW per step.
-    q_ptr/h_ptr are the quant / high-bit planes viewed as int32 words. PARTIAL (split-K): out is a
-    (splits, M, N) fp32 buffer and program (i, j) writes its partial sums to slice j."""
+    q_ptr/h_ptr are the quant / high-bit planes viewed as int32 words. SPLIT (split-K): see
+    store_rows (partials in part_ptr, the last split of a row slab writes out)."""
     NV: tl.constexpr = NW // 4
     HAS_HI: tl.constexpr = QTYPE != 8
     HAS_B: tl.constexpr = QTYPE == 3 or QTYPE == 7 or QTYPE == 12 or QTYPE == 13
@@ -98,26 +99,45 @@ def _qgemv_kernel(x_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, M, N, n_wo
                 acc_m += tl.where(offs_m[:, None] == mi, tl.sum(c, axis=1)[None, :], 0.0)
     if BM == 1:
         acc_m = tl.sum(acc, axis=1)[None, :]  # (1, BN)
-    o = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    if PARTIAL:
-        o += tl.program_id(1).to(tl.int64) * M * stride_om
-    mask = (offs_m[:, None] < M) & mask_n[None, :]
-    tl.store(o, acc_m.to(out_ptr.dtype.element_ty), mask=mask)
+    store_rows(acc_m, out_ptr, part_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, SPLIT, HAS_BIAS)
 
 
 @triton.jit
-def _splitk_reduce_kernel(p_ptr, b_ptr, out_ptr, M, N, splits, stride_om,
-                          BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """out[m, n] = Σ_j partial[j, m, n] (+ bias[n]) in fp32, in split order: deterministic."""
-    m = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    acc = tl.zeros([BLOCK], tl.float32)
-    for j in range(0, splits):
-        acc += tl.load(p_ptr + (j * M + m).to(tl.int64) * N + offs, mask=mask, other=0.0)
+def _write_out(acc_m, out_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, HAS_BIAS: tl.constexpr):
+    """out[offs_m, offs_n] = acc_m (+ bias[offs_n]), rounded once to out's dtype."""
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + m.to(tl.int64) * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        acc_m += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    o = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    tl.store(o, acc_m.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def store_rows(acc_m, out_ptr, part_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om,
+               SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """acc_m (BM, BN) fp32: this program's sums over its K slice -> out[offs_m, offs_n] (+ bias[n]).
+
+    SPLIT: program (i, j) writes its partial to part[j] ((splits, M, N) fp32), then bumps the row
+    slab's arrival counter cnt[i] (acq_rel, after a barrier: the whole program's stores come first).
+    The program that arrives last sums part[0..splits) in split order (deterministic, whatever the
+    arrival order), adds the bias, writes out and resets cnt[i] to 0 for the next launch: split-K
+    with no second kernel. cnt is a zeroed buffer of the launcher's (split_counters)."""
+    if SPLIT:
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        # NOTE: M and N may arrive as Python ints (Triton specializes 1): offsets from program ids
+        rows = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]  # (BM, BN) within one partial
+        tl.store(part_ptr + (tl.program_id(1) * M).to(tl.int64) * N + rows, acc_m, mask=mask)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_ptr + tl.program_id(0), 1, sem="acq_rel")
+        if arrived == tl.num_programs(1) - 1:
+            total = tl.zeros_like(acc_m)
+            for j in range(0, tl.num_programs(1)):
+                # NOTE: .cg reads L2, where the other programs' partials are: never a stale L1 line
+                total += tl.load(part_ptr + (j * M).to(tl.int64) * N + rows, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            _write_out(total, out_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, HAS_BIAS)
+            tl.store(cnt_ptr + tl.program_id(0), 0)
+    else:
+        _write_out(acc_m, out_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, HAS_BIAS)
 
 
 # ---------------------------------------------------------------- per-arch configs
@@ -143,15 +163,15 @@ def _bm(m: int) -> int:
     return 1 if m == 1 else triton.next_power_of_2(m)
 
 
-def _signature(qtype: str, x_tt: str, out_tt: str) -> dict:
+def _signature(qtype: str, x_tt: str) -> dict:
     planes = {**plane_dtypes(qtype), "q_ptr": "*i32", "h_ptr": "*i32"}
     if qtype in _SC_WORDS:
         planes["sc_ptr"] = "*i32"
-    sig = {"x_ptr": x_tt, **planes, "out_ptr": out_tt, "M": "i32", "N": "i32", "n_words": "i32",
-           "words_per_split": "i32"}
+    sig = {"x_ptr": x_tt, **planes, "out_ptr": x_tt, "part_ptr": "*fp32", "cnt_ptr": "*i32", "b_ptr": x_tt,
+           "M": "i32", "N": "i32", "n_words": "i32", "words_per_split": "i32"}
     strides = ("stride_xm", "stride_om", "stride_q", "stride_h", "stride_d", "stride_sc")
     sig.update({s: "i32" for s in strides})
-    sig.update({c: "constexpr" for c in ("QTYPE", "BN", "NW", "BM", "PARTIAL", "ASM")})
+    sig.update({c: "constexpr" for c in ("QTYPE", "BN", "NW", "BM", "SPLIT", "HAS_BIAS", "ASM")})
     return sig
 
 
@@ -165,15 +185,10 @@ def aot_specs(arch: Arch) -> list[dict]:
                 for split in (False, True):
                     specs.append(dict(
                         name=f"qgemv_{name.lower()}_bm{bm}{'_splitk' if split else ''}_{x_tt[1:]}",
-                        fn=_qgemv_kernel, signature=_signature(name, x_tt, "*fp32" if split else x_tt),
-                        constexprs=dict(QTYPE=qtype_code(name), BN=c["BN"], NW=c["NW"], BM=bm, PARTIAL=split,
-                                        ASM=arch.backend == "cuda"),
+                        fn=_qgemv_kernel, signature=_signature(name, x_tt),
+                        constexprs=dict(QTYPE=qtype_code(name), BN=c["BN"], NW=c["NW"], BM=bm, SPLIT=split,
+                                        HAS_BIAS=split, ASM=arch.backend == "cuda"),
                         num_warps=c["num_warps"], num_stages=c["num_stages"]))
-    for x_tt in _DTYPES.values():
-        sig = {"p_ptr": "*fp32", "b_ptr": x_tt, "out_ptr": x_tt, "M": "i32", "N": "i32", "splits": "i32",
-               "stride_om": "i32", "BLOCK": "constexpr", "HAS_BIAS": "constexpr"}
-        specs.append(dict(name=f"qgemv_splitk_reduce_{x_tt[1:]}", fn=_splitk_reduce_kernel, signature=sig,
-                          constexprs=dict(BLOCK=1024, HAS_BIAS=True), num_warps=4, num_stages=1))
     return specs
 
 
@@ -183,12 +198,28 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.int32 else t.view(torch.int32)
 
 
+_COUNTERS: dict[str, torch.Tensor] = {}
+
+
+def split_counters(device, slabs: int) -> torch.Tensor:
+    """The zeroed int32 arrival counters of store_rows, one per row slab, shared by every split-K
+    GEMV on `device` (launches on one stream never overlap, and each leaves its counters at 0).
+    NOTE: allocated before any graph capture by the first call; a call with more slabs than ever
+    before reallocates (outside capture: the first call of a new shape is an eager warm-up)."""
+    key = str(torch.device(device))
+    cnt = _COUNTERS.get(key)
+    if cnt is None or cnt.numel() < slabs:
+        cnt = _COUNTERS[key] = torch.zeros(max(slabs, 1 << 14), dtype=torch.int32, device=device)
+    return cnt
+
+
 def plan_split_k(m: int, n_out: int, n_units: int, bn: int, step: int, split_k: int | None,
-                 dtype: torch.dtype, device) -> tuple[int, int, int, torch.Tensor, torch.Tensor]:
+                 dtype: torch.dtype, device) -> tuple[int, int, int, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor]:  # fmt: skip
     """Grid and buffers of a GEMV over n_out rows of n_units K units (words, chunks), `step` per
-    K step: (row slabs, splits, units per split, out (M, N) dtype, dst). Default split_k: ~4
-    programs per SM, never a split shorter than 2 steps. dst is out, or with splits a
-    (splits, M, N) fp32 partial buffer for finish_split_k."""
+    K step: (row slabs, splits, units per split, out (M, N) dtype, part, counters). Default split_k:
+    ~4 programs per SM, never a split shorter than 2 steps. With splits, part is a (splits, M, N)
+    fp32 partial buffer and counters split_counters' (store_rows); without, both are `out` (unused)."""
     slabs = triton.cdiv(n_out, bn)
     steps = triton.cdiv(n_units, step)
     if split_k is None:
@@ -196,29 +227,18 @@ def plan_split_k(m: int, n_out: int, n_units: int, bn: int, step: int, split_k: 
     per_split = triton.cdiv(steps, split_k) * step
     split_k = triton.cdiv(n_units, per_split)
     out = torch.empty(m, n_out, dtype=dtype, device=device)  # (M, N)
-    dst = torch.empty(split_k, m, n_out, dtype=torch.float32, device=device) if split_k > 1 else out
-    return slabs, split_k, per_split, out, dst
-
-
-def finish_split_k(dst: torch.Tensor, out: torch.Tensor, split_k: int,
-                   bias: torch.Tensor | None) -> torch.Tensor:
-    """out = Σ of the split-K partials in dst, in split order (+ bias in fp32), or out + bias."""
-    m, n = out.shape
-    if split_k > 1:
-        block = min(1024, triton.next_power_of_2(n))
-        _splitk_reduce_kernel[(m, triton.cdiv(n, block))](
-            dst, bias if bias is not None else out, out, m, n, split_k, out.stride(0),
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
-    elif bias is not None:
-        out += bias
-    return out
+    if split_k == 1:
+        return slabs, 1, per_split, out, out, out
+    part = torch.empty(split_k, m, n_out, dtype=torch.float32, device=device)  # (splits, M, N)
+    return slabs, split_k, per_split, out, part, split_counters(device, slabs)
 
 
 def qgemv(x: torch.Tensor, w: QuantWeight, split_k: int | None = None,
           config: dict | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (M ≤ 8, K) fp16/bf16 -> (M, N) in x's dtype, + bias (N,) if given (`config` overrides
-    gemv_config, for tuning). split_k: K slices whose fp32 partial sums one reduce kernel adds in a
-    fixed order, with the bias (default: only when there are too few row slabs)."""
+    gemv_config, for tuning). split_k: K slices whose fp32 partial sums the last program of each row
+    slab adds in a fixed order, with the bias (store_rows; default: only when there are too few row
+    slabs)."""
     if x.dim() != 2 or x.shape[1] != w.k or x.dtype not in _DTYPES or x.stride(1) != 1:
         raise ValueError(f"qgemv: x must be a row-contiguous fp16/bf16 (M, {w.k}) tensor for a {w.qtype} "
                          f"weight ({w.n_out}, {w.k}), got {tuple(x.shape)} {x.dtype}")
@@ -232,13 +252,13 @@ def qgemv(x: torch.Tensor, w: QuantWeight, split_k: int | None = None,
     if w.qtype in _SC_WORDS:
         sc = _words(sc)  # (N, K / 256 * 3) int32
     n_words = q.shape[1]
-    slabs, split_k, per_split, out, dst = plan_split_k(m, w.n_out, n_words, c["BN"], c["NW"], split_k,
-                                                        x.dtype, x.device)
-    split = split_k > 1
+    slabs, split_k, per_split, out, part, cnt = plan_split_k(m, w.n_out, n_words, c["BN"], c["NW"], split_k,
+                                                              x.dtype, x.device)
     _qgemv_kernel[(slabs, split_k)](
-        x, q, h, d, mm, sc, dst, m, w.n_out, n_words, per_split, x.stride(0), dst.stride(-2),
-        q.stride(0), h.stride(0), d.stride(0), sc.stride(0),
-        QTYPE=qtype_code(w.qtype), BN=c["BN"], NW=c["NW"], BM=_bm(m), PARTIAL=split,
-        ASM=arch.backend == "cuda",
+        x, q, h, d, mm, sc, out, part, cnt, out if bias is None else bias.contiguous(),
+        m, w.n_out, n_words, per_split,
+        x.stride(0), out.stride(0), q.stride(0), h.stride(0), d.stride(0), sc.stride(0),
+        QTYPE=qtype_code(w.qtype), BN=c["BN"], NW=c["NW"], BM=_bm(m), SPLIT=split_k > 1,
+        HAS_BIAS=bias is not None, ASM=arch.backend == "cuda",
         num_warps=c["num_warps"], num_stages=c["num_stages"])
-    return finish_split_k(dst, out, split_k, bias)
+    return out

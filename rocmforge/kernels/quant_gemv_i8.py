@@ -33,7 +33,7 @@ import triton.language as tl
 
 from rocmforge.kernels.arch import Arch, current_arch
 from rocmforge.kernels.gemv_decode import _spread4
-from rocmforge.kernels.quant_gemv import _DTYPES, _SC_WORDS, _words, finish_split_k, plan_split_k
+from rocmforge.kernels.quant_gemv import _DTYPES, _SC_WORDS, _words, plan_split_k, store_rows
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, plane_dtypes, qtype_code
 from rocmforge.kernels.quantize_act import quantize_act
 
@@ -159,15 +159,15 @@ def _plane(xq_row, xd_row, xs_row, w_a, w_b, e, s, bias, mask_e, mask_x,
 
 
 @triton.jit
-def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr,
-                     M, N, n_chunks, chunks_per_split, stride_xq, stride_xd, stride_xs, stride_om,
+def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, part_ptr, cnt_ptr,
+                     b_ptr, M, N, n_chunks, chunks_per_split, stride_xq, stride_xd, stride_xs, stride_om,
                      stride_q, stride_h, stride_d, stride_sc,
                      QTYPE: tl.constexpr, BN: tl.constexpr, NC: tl.constexpr, BM: tl.constexpr,
-                     PARTIAL: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr):
+                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr):
     """Program (i, j): rows [i·BN, +BN), chunks [j·chunks_per_split, +chunks_per_split), NC per step.
     xq_ptr is xq viewed as int32 words (M, K/4); q_ptr/h_ptr are planes viewed as int32 words (the
     Q5_K/Q6_K qh planes too), sc_ptr Q4_K/Q5_K's packed scales as int32 words, Q6_K's int8 bytes.
-    PARTIAL (split-K): out is a (splits, M, N) fp32 buffer and program (i, j) writes slice j.
+    SPLIT (split-K): quant_gemv.store_rows (partials in part_ptr, the last split of a slab writes out).
     EVEN: N % BN == 0 and every split is a whole number of steps, so weight loads need no mask."""
     TWO: tl.constexpr = QTYPE == 8 or QTYPE == 12 or QTYPE == 13
     HAS_HI: tl.constexpr = QTYPE != 8
@@ -205,11 +205,7 @@ def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr,
                 acc_m += tl.where(offs_m[:, None] == mi, tl.sum(c, axis=1)[None, :], 0.0)
     if BM == 1:
         acc_m = tl.sum(acc, axis=1)[None, :]  # (1, BN)
-    o = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    if PARTIAL:
-        o += tl.program_id(1).to(tl.int64) * M * stride_om
-    mask = (offs_m[:, None] < M) & mask_n[None, :]
-    tl.store(o, acc_m.to(out_ptr.dtype.element_ty), mask=mask)
+    store_rows(acc_m, out_ptr, part_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, SPLIT, HAS_BIAS)
 
 
 # ---------------------------------------------------------------- per-arch configs
@@ -232,18 +228,19 @@ def gemv_i8_config(arch: Arch, qtype: str, bm: int = 1) -> dict:
     return dict(BN=16, NC=nc, num_warps=4, num_stages=1)
 
 
-def _signature(qtype: str, out_tt: str) -> dict:
+def _signature(qtype: str, out_tt: str) -> dict:  # out_tt: x's dtype (out and bias)
     planes = {**plane_dtypes(qtype), "q_ptr": "*i32"}
     if qtype in _H_WORDS:
         planes["h_ptr"] = "*i32"
     if qtype in _SC_WORDS:
         planes["sc_ptr"] = "*i32"
     sig = {"xq_ptr": "*i32", "xd_ptr": "*fp32", "xs_ptr": "*fp32", **planes, "out_ptr": out_tt,
-           "M": "i32", "N": "i32", "n_chunks": "i32", "chunks_per_split": "i32"}
+           "part_ptr": "*fp32", "cnt_ptr": "*i32", "b_ptr": out_tt, "M": "i32", "N": "i32", "n_chunks": "i32",
+           "chunks_per_split": "i32"}
     for s in ("stride_xq", "stride_xd", "stride_xs", "stride_om", "stride_q", "stride_h", "stride_d",
               "stride_sc"):
         sig[s] = "i32"
-    sig.update({c: "constexpr" for c in ("QTYPE", "BN", "NC", "BM", "PARTIAL", "ASM", "EVEN")})
+    sig.update({c: "constexpr" for c in ("QTYPE", "BN", "NC", "BM", "SPLIT", "HAS_BIAS", "ASM", "EVEN")})
     return sig
 
 
@@ -257,13 +254,11 @@ def aot_specs(arch: Arch) -> list[dict]:
             for bm in (1, 2, 4, GEMV_I8_MAX_M):
                 c = gemv_i8_config(arch, name, bm)
                 for split in (False, True):
-                    if split and out_tt == "*fp16":
-                        continue  # the partial buffer is fp32 whatever x is
                     specs.append(dict(
-                        name=f"qgemv_i8_{name.lower()}_bm{bm}{'_splitk' if split else '_' + out_tt[1:]}",
-                        fn=_qgemv_i8_kernel, signature=_signature(name, "*fp32" if split else out_tt),
+                        name=f"qgemv_i8_{name.lower()}_bm{bm}{'_splitk' if split else ''}_{out_tt[1:]}",
+                        fn=_qgemv_i8_kernel, signature=_signature(name, out_tt),
                         constexprs=dict(QTYPE=qtype_code(name), BN=c["BN"], NC=c["NC"], BM=bm,
-                                        PARTIAL=split, ASM=True, EVEN=True),
+                                        SPLIT=split, HAS_BIAS=split, ASM=True, EVEN=True),
                         num_warps=c["num_warps"], num_stages=c["num_stages"]))
     return specs
 
@@ -300,16 +295,15 @@ def qgemv_i8_quantized(xqds: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w:
     if w.qtype in _SC_WORDS:
         sc = _words(sc)
     n_chunks = w.k // _CHUNK_ELEMS.get(w.qtype, 32)
-    slabs, split_k, per_split, out, dst = plan_split_k(m, w.n_out, n_chunks, c["BN"], c["NC"], split_k,
-                                                        out_dtype, xq.device)
-    split = split_k > 1
+    slabs, split_k, per_split, out, part, cnt = plan_split_k(m, w.n_out, n_chunks, c["BN"], c["NC"], split_k,
+                                                              out_dtype, xq.device)
     xw = xq.view(torch.int32)  # (M, K / 4)
     _qgemv_i8_kernel[(slabs, split_k)](
-        xw, xd, xs, q, h, d, mm, sc, dst, m, w.n_out, n_chunks, per_split,
-        xw.stride(0), xd.stride(0), xs.stride(0), dst.stride(-2),
+        xw, xd, xs, q, h, d, mm, sc, out, part, cnt, out if bias is None else bias.contiguous(),
+        m, w.n_out, n_chunks, per_split, xw.stride(0), xd.stride(0), xs.stride(0), out.stride(0),
         q.stride(0), h.stride(0), d.stride(0), sc.stride(0),
-        QTYPE=qtype_code(w.qtype), BN=c["BN"], NC=c["NC"], BM=bm, PARTIAL=split,
-        ASM=(arch.backend == "cuda") if asm is None else asm,
+        QTYPE=qtype_code(w.qtype), BN=c["BN"], NC=c["NC"], BM=bm, SPLIT=split_k > 1,
+        HAS_BIAS=bias is not None, ASM=(arch.backend == "cuda") if asm is None else asm,
         EVEN=w.n_out % c["BN"] == 0 and n_chunks % per_split == 0,
         num_warps=c["num_warps"], num_stages=c["num_stages"])
-    return finish_split_k(dst, out, split_k, bias)
+    return out
