@@ -221,8 +221,9 @@ def supported(arch: Arch) -> bool:
 def gemv_i8_config(arch: Arch, qtype: str, bm: int = 1) -> dict:
     """BN rows × NC chunks per step. M=1: BN=8 / NC=8 / 2 warps was the best or within 3% of it on
     Q4_K, Q6_K and Q8_0 14336x4096 and 4096x4096 (H200 sweep, gemv_i8_h200.md); M>1 keeps BN=16 and
-    64 quant words per row-step (its sweep is still to do)."""
-    nc = 8 if qtype in ("Q8_0", "Q4_K", "Q5_K") else 16
+    64 quant words per row-step (its sweep is still to do); at BM=8 NC=8 for every type (NC=16 spills
+    Q4_1 and split-K Q6_K on sm90 under Triton 3.9)."""
+    nc = 8 if qtype in ("Q8_0", "Q4_K", "Q5_K") or bm >= 8 else 16
     if bm == 1:
         return dict(BN=8, NC=8, num_warps=2, num_stages=1)
     return dict(BN=16, NC=nc, num_warps=4, num_stages=1)

@@ -105,13 +105,18 @@ def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
     the fp32-lane GEMV's 23.9) and loses for Q6_K / Q8_0 (29 / 26 vs 25): those keep the lane GEMV.
     At M=2..8 the lane GEMV costs 2.5-4x per extra row while the i8 GEMV grows slowly (Q4_K M=8 93 us,
     4096x4096 23 us vs the BM=16 GEMM's 91 / 64; Q8_0 73 vs 84): i8 to 8 rows, except Q6_K above
-    4 rows (137 us vs dequant + cuBLAS ~93; its GEMM tile spills). Then the GEMM to 16 rows (Q6_K:
-    dequant + cuBLAS), dequant + cuBLAS above. AMD is unmeasured: the earlier crossovers."""
+    4 rows (137 us vs dequant + cuBLAS ~93; its GEMM tile spills) and the 5-bit types above 4 rows
+    (M=8, 14336x4096: Q5_0 97 / Q5_1 99 / Q5_K 101 us vs dequant + cuBLAS 86 / 89 / 86; summed over
+    an 8B layer's FFN shapes dequant + cuBLAS wins for all three). Then the GEMM to 16 rows (Q6_K and
+    the 5-bit types: dequant + cuBLAS; BM=16 at 4096x4096 Q5_0 55 vs 25 us), dequant + cuBLAS
+    above. AMD is unmeasured: the earlier crossovers."""
     if arch.backend == "cuda":
         if m == 1:
             return "gemv_i8" if qtype in _I8_AT_M1 else "gemv"
-        if m <= GEMV_I8_MAX_M and not (qtype == "Q6_K" and m > 4):
+        if m <= 4 or (m <= GEMV_I8_MAX_M and qtype not in _I8_TO_4):
             return "gemv_i8"
+        if qtype in _I8_TO_4:
+            return "dequant_mm"
         if m <= 16 and qtype != "Q6_K":
             return "gemm"
         return "dequant_mm"
@@ -120,7 +125,8 @@ def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
     return "gemm" if m <= 16 else "dequant_mm"
 
 
-_I8_AT_M1 = ("Q4_K",)  # NOTE: the other types at M=1 are unmeasured (Q5_K, Q4_0, ...) or lose (Q6_K, Q8_0)
+_I8_AT_M1 = ("Q4_K",)  # the others lose at M=1 on the 8B shapes (Q5_K wins 14336x4096 only)
+_I8_TO_4 = ("Q5_0", "Q5_1", "Q5_K", "Q6_K")  # above 4 rows: dequant + cuBLAS
 
 
 def _signature(qtype: str, x_tt: str) -> dict:
