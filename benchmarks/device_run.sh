@@ -16,16 +16,17 @@ fi
 syn() { python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
 for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"; }
 if [ "${1:-all}" = engine ]; then  # engine figures only (no HF, no tests): bench + where a step goes
-    syn
+    syn; echo "synthetic files at ${SECONDS}s"
     for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do
         c=64; [ $m = qwen2.5-0.5b-q8_0 ] && c=16
-        timeout 150 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c $c \
+        t=170; [ $m = qwen2.5-0.5b-q8_0 ] && t=110
+        timeout $t python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c $c \
             --load-prompt 512 --load-output 256 --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err
-        echo "bench $m rc=$?"
+        echo "bench $m rc=$? at ${SECONDS}s"
     done
     for f in llama-3-8b-q4_k_m-L32 qwen2.5-0.5b-q8_0-L24; do
-        timeout 80 python3 benchmarks/profile_decode.py /tmp/syn/$f.gguf > $OUT/profile_$f.txt 2>&1
-        echo "profile $f rc=$?"; grep -E "ms/step" $OUT/profile_$f.txt
+        timeout 70 python3 benchmarks/profile_decode.py /tmp/syn/$f.gguf > $OUT/profile_$f.txt 2>&1
+        echo "profile $f rc=$? at ${SECONDS}s"; grep -E "ms/step" $OUT/profile_$f.txt
     done
     exit 0
 fi
@@ -42,7 +43,7 @@ timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels tests/at
     > $OUT/tests.log 2>&1; echo "tests rc=$?"; grep -E "agree|passed|failed|FAILED" $OUT/tests.log | tail -12
 for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do
     timeout 200 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c 64 --load-prompt 512 \
-        --load-output 256 --baseline hf --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err; echo "bench $m rc=$?"
+        --load-output 256 --baseline hf --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err; echo "bench $m rc=$? at ${SECONDS}s"
 done
 (cd benchmarks && timeout 150 python3 bench_quant_matmul.py --qtypes Q4_K,Q6_K,Q8_0 --out $OUT > $OUT/qmm.log 2>&1)
 timeout 90 python3 benchmarks/bench_kernels.py --no-sweep --out $OUT/kernels_h200.md > $OUT/kernels.log 2>&1
