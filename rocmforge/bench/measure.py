@@ -50,17 +50,27 @@ class BenchConfig:
 # ---- bytes ----------------------------------------------------------------------------------------
 def weight_bytes_per_token(tensors: Mapping[str, torch.Tensor], tied: bool) -> int:
     """Bytes of weights a batch-1 decode step reads (module docstring); `tensors` = model.state_dict()."""
-    emb = tensors["token_embd.weight"]  # (vocab, hidden)
+    emb = tensors.get("token_embd.weight")  # (vocab, hidden); None: quantized (quant_bytes counts it)
     rest = sum(t.numel() * t.element_size() for n, t in tensors.items() if n != "token_embd.weight")
+    if emb is None:
+        return rest
     # NOTE: a tied model may still build its own head from the table (a packed `output.*`): then
     # the table is only gathered from, and that head is already in `rest`.
     head_is_table = tied and not any(n.startswith("output.") for n in tensors)
     return rest + (emb.numel() if head_is_table else emb.shape[-1]) * emb.element_size()
 
 
-def quant_bytes(model) -> int:
-    """Bytes of the GGUF blocks QuantLinear layers keep (not in state_dict: plain tensor attributes)."""
-    return sum(m.qweight.nbytes for m in model.modules() if getattr(m, "qweight", None) is not None)
+def quant_bytes(model, per_token: bool = False) -> int:
+    """Bytes of the GGUF blocks QuantLinear / QuantEmbedding layers keep (not in state_dict: plain
+    tensor attributes). per_token: what one batch-1 decode step reads, one row of an embedding table."""
+    from ..layers.quant_embedding import QuantEmbedding
+
+    total = 0
+    for m in model.modules():
+        w = getattr(m, "qweight", None)
+        if w is not None:
+            total += w.nbytes // w.n_out if per_token and isinstance(m, QuantEmbedding) else w.nbytes
+    return total
 
 
 def model_weight_bytes(model) -> int:
@@ -184,7 +194,7 @@ def decode_bandwidth(llm, tg_tok_s: float, n_gen: int, copy_bytes_s: float) -> d
     """GB/s of batch-1 decode from the bytes arithmetic above, and its share of the measured copy."""
     cfg: ModelConfig = llm.model_config
     itemsize = llm.dtype.itemsize  # the KV cache is allocated in the engine's dtype
-    w = weight_bytes_per_token(llm.model.state_dict(), cfg.tied_embeddings) + quant_bytes(llm.model)
+    w = weight_bytes_per_token(llm.model.state_dict(), cfg.tied_embeddings) + quant_bytes(llm.model, True)
     kv = mean_kv_bytes_tg(cfg, n_gen, itemsize)
     gbs = (w + kv) * tg_tok_s / 1e9
     return {"weight_bytes_per_token": w, "kv_bytes_per_token_mean": kv, "gb_s": gbs,

@@ -112,15 +112,18 @@ def dequant_tile(q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, stride_q, stride_h, stride_
 
 
 @triton.jit
-def _dequant_kernel(q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, N, n_groups,
+def _dequant_kernel(q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, rows_ptr, N, n_groups,
                     stride_q, stride_h, stride_d, stride_sc, stride_on,
-                    QTYPE: tl.constexpr, NG: tl.constexpr, G: tl.constexpr, BN: tl.constexpr):
-    """out (N, K) = dequant(planes); program (i, j) writes rows [i·BN, +BN) × groups [j·NG, +NG)."""
+                    QTYPE: tl.constexpr, NG: tl.constexpr, G: tl.constexpr, BN: tl.constexpr,
+                    GATHER: tl.constexpr):
+    """out (N, K) = dequant(planes); program (i, j) writes rows [i·BN, +BN) × groups [j·NG, +NG).
+    GATHER: out row r is weight row rows[r] (rows (N,) int64: an embedding lookup of N ids)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     mask_n = offs_n < N
     gg0 = tl.program_id(1) * NG
+    w_rows = tl.load(rows_ptr + offs_n, mask=mask_n, other=0) if GATHER else offs_n
     w0, w1 = dequant_tile(q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, stride_q, stride_h, stride_d, stride_sc,
-                          offs_n, mask_n, gg0, n_groups, QTYPE, NG, G)
+                          w_rows, mask_n, gg0, n_groups, QTYPE, NG, G)
     gg = gg0 + tl.arange(0, NG)[None, :, None]
     k0 = gg * (2 * G) + tl.arange(0, G)[None, None, :]  # (1, NG, G)
     mask = mask_n[:, None, None] & (gg < n_groups)
@@ -141,18 +144,21 @@ def dequant_config(arch: Arch, qtype: str) -> dict:
 
 
 def aot_specs(arch: Arch) -> list[dict]:
-    """Every (qtype, output dtype) dequant kernel this arch launches, for aot.py."""
+    """Every (qtype, output dtype) dequant kernel this arch launches, and the row gather of the
+    quantized embedding (fp16/bf16: the GPU engine's dtypes), for aot.py."""
     specs = []
     for name in QTYPE_NAMES:
         cfg = dequant_config(arch, name)
         for tt in _TORCH_TO_TT.values():
-            sig = {**plane_dtypes(name), "out_ptr": tt, "N": "i32", "n_groups": "i32"}
-            sig.update({s: "i32" for s in ("stride_q", "stride_h", "stride_d", "stride_sc", "stride_on")})
-            sig.update({c: "constexpr" for c in ("QTYPE", "NG", "G", "BN")})
-            specs.append(dict(
-                name=f"dequant_{name.lower()}_{tt[1:]}", fn=_dequant_kernel, signature=sig,
-                constexprs=dict(QTYPE=qtype_code(name), NG=cfg["NG"], G=cfg["G"], BN=cfg["BN"]),
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+            for gather in (False, True) if tt != "*fp32" else (False,):
+                sig = {**plane_dtypes(name), "out_ptr": tt, "rows_ptr": "*i64", "N": "i32", "n_groups": "i32"}
+                sig.update({s: "i32" for s in ("stride_q", "stride_h", "stride_d", "stride_sc", "stride_on")})
+                sig.update({c: "constexpr" for c in ("QTYPE", "NG", "G", "BN", "GATHER")})
+                specs.append(dict(
+                    name=f"dequant_{'rows_' if gather else ''}{name.lower()}_{tt[1:]}", fn=_dequant_kernel,
+                    signature=sig, constexprs=dict(QTYPE=qtype_code(name), NG=cfg["NG"], G=cfg["G"],
+                                                   BN=cfg["BN"], GATHER=gather),
+                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
     return specs
 
 
@@ -164,16 +170,34 @@ def plane_strides(w: QuantWeight) -> tuple[int, int, int, int]:
     return q.stride(0), h.stride(0), d.stride(0), sc.stride(0)
 
 
-def dequantize_planes(w: QuantWeight, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """QuantWeight (N, K) on a GPU (or the interpreter) -> (N, K) `out_dtype` tensor."""
+_NO_ROWS: dict[torch.device, torch.Tensor] = {}
+
+
+def _no_rows(device: torch.device) -> torch.Tensor:  # (1,) int64: rows without GATHER (never read)
+    if device not in _NO_ROWS:
+        _NO_ROWS[device] = torch.zeros(1, dtype=torch.int64, device=device)
+    return _NO_ROWS[device]
+
+
+def dequantize_planes(w: QuantWeight, out_dtype: torch.dtype = torch.float16,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+    """QuantWeight (N, K) on a GPU (or the interpreter) -> (N, K) `out_dtype` tensor; with `rows`
+    ((T,) int64 on w's device, each in [0, N)) only those rows -> (T, K): an embedding lookup."""
     if out_dtype not in _TORCH_TO_TT:
         raise ValueError(f"dequantize: out_dtype must be float32/float16/bfloat16, got {out_dtype}")
+    if rows is not None and (rows.dim() != 1 or rows.dtype != torch.int64 or rows.device != w.q.device):
+        raise ValueError(f"dequantize rows: need a 1-D int64 tensor on {w.q.device}, got "
+                         f"{tuple(rows.shape)} {rows.dtype} on {rows.device}")
     cfg = dequant_config(current_arch(w.q.device), w.qtype)
-    out = torch.empty(w.n_out, w.k, dtype=out_dtype, device=w.q.device)  # (N, K)
-    grid = (triton.cdiv(w.n_out, cfg["BN"]), triton.cdiv(w.n_groups, cfg["NG"]))
-    _dequant_kernel[grid](*w.planes(), out, w.n_out, w.n_groups, *plane_strides(w), out.stride(0),
+    n = w.n_out if rows is None else rows.shape[0]
+    out = torch.empty(n, w.k, dtype=out_dtype, device=w.q.device)  # (N or T, K)
+    if n == 0:
+        return out
+    grid = (triton.cdiv(n, cfg["BN"]), triton.cdiv(w.n_groups, cfg["NG"]))
+    rows_arg = rows.contiguous() if rows is not None else _no_rows(w.q.device)
+    _dequant_kernel[grid](*w.planes(), out, rows_arg, n, w.n_groups, *plane_strides(w), out.stride(0),
                           QTYPE=qtype_code(w.qtype), NG=cfg["NG"], G=cfg["G"], BN=cfg["BN"],
-                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                          GATHER=rows is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 

@@ -16,6 +16,7 @@ from ..gguf.reader import GGUFFile
 from ..kernels.quant_layouts import QTYPE_NAMES, QuantWeight, split_planes
 from ..kernels.quant_matmul import quant_matmul
 from .linear import Linear
+from .quant_embedding import quantize_embedding
 
 
 class QuantLinear(nn.Module):
@@ -79,7 +80,8 @@ def fuse_quant_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dt
 def quantize_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtype) -> dict[str, int]:
     """Fuse what FUSIONS allows (fuse_quant_linears), then replace each remaining `Linear` named after a
     block-quantized GGUF tensor with a QuantLinear on the weight's device; returns {qtype: count} of
-    the GGUF tensors now held quantized. Module paths are tensor names."""
+    the GGUF tensors now held quantized (the untied embedding table included). Module paths are
+    tensor names."""
     from ..models.base import FUSIONS
 
     swapped: dict[str, int] = {}
@@ -99,6 +101,9 @@ def quantize_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtyp
         parent_path, _, attr = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, attr, q)
         swapped[info.qtype_name] = swapped.get(info.qtype_name, 0) + 1
+    emb = quantize_embedding(model, gguf_file, dtype=dtype)  # the untied table (quant_embedding.py)
+    if emb is not None:
+        swapped[emb] = swapped.get(emb, 0) + 1
     return swapped
 
 

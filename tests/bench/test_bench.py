@@ -36,6 +36,23 @@ def test_weight_bytes_tied_and_untied():
     assert weight_bytes_per_token(t, tied=True) == 8 * 4 + 64 * 2 + 8 * 4 + 400
 
 
+def test_quantized_embedding_counts_one_row_per_token():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from rocmforge.bench.measure import quant_bytes
+    from rocmforge.kernels.quant_layouts import random_blocks, split_planes
+    from rocmforge.layers.quant_embedding import QuantEmbedding
+
+    w = split_planes(random_blocks("Q8_0", 10, 64), "Q8_0", 10, 64)  # 10 rows of 2 blocks, 68 bytes a row
+    m = nn.Module()
+    m.token_embd = QuantEmbedding(w, torch.float16, None)
+    m.proj = SimpleNamespace()  # not a module: ignored
+    assert quant_bytes(m) == 680 and quant_bytes(m, per_token=True) == 68
+    assert weight_bytes_per_token({"norm": torch.zeros(8)}, tied=False) == 32  # no dense table left
+
+
 def test_kv_bytes(smollm2_l2):
     c = ModelConfig.from_gguf(GGUFFile(smollm2_l2))  # 2 layers, 3 kv heads, head dim 64
     assert kv_bytes(c, 10, 2) == 2 * 10 * 3 * (64 + 64) * 2

@@ -15,7 +15,7 @@ import torch
 gguf_quants = pytest.importorskip("gguf.quants", reason="gguf-py is the dequant reference")
 from gguf import GGMLQuantizationType  # noqa: E402
 
-from rocmforge.kernels.dequant import dequantize_gpu  # noqa: E402
+from rocmforge.kernels.dequant import dequantize_gpu, dequantize_planes  # noqa: E402
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, random_blocks, split_planes  # noqa: E402
 from rocmforge.kernels.reference_quant import dequantize_ref  # noqa: E402
 
@@ -67,6 +67,19 @@ def test_dequant_half_is_rounded_fp32(qtype, dtype):
         assert ((out == rne) | (out == rtz)).all()
     else:
         assert torch.equal(out, rne)
+
+
+@pytest.mark.parametrize("qtype", QTYPE_NAMES)
+def test_dequant_rows_gathers_exact_rows(qtype):
+    """rows= (an embedding lookup): out[t] is row ids[t] of the full dequant, bit for bit."""
+    n, k = 37, 512
+    raw = _blocks(qtype, n, k, seed=11, quantized=False)
+    w = split_planes(raw.to(DEVICE), qtype, n, k)
+    ids = torch.tensor([36, 0, 5, 5, 17, 36, 2, 9, 30, 1, 11], device=DEVICE)  # repeats, > one row tile
+    out = dequantize_planes(w, torch.float32, rows=ids).cpu()
+    assert torch.equal(out.view(torch.int32), _gguf(raw, qtype)[ids.cpu()].view(torch.int32))
+    with pytest.raises(ValueError, match="1-D int64"):
+        dequantize_planes(w, torch.float32, rows=ids.int())
 
 
 def test_split_planes_keeps_every_byte():

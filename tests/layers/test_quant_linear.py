@@ -89,3 +89,40 @@ def test_fuses_qkv_and_gate_up_exactly(gguf_file, dev):
         assert isinstance(layer, QuantLinear) and torch.equal(layer.dense_weight(), w)
         x = torch.randn(2, 576, generator=torch.Generator().manual_seed(1)).to(dev, torch.float16)
         torch.testing.assert_close(layer(x).float(), x.float() @ w.T, atol=2e-2, rtol=1e-2)
+
+
+class _TinyLM(nn.Module):  # just what quantize_embedding reads: token_embd, config, output
+    def __init__(self, tied: bool, scale: float | None = None):
+        super().__init__()
+        from types import SimpleNamespace
+
+        from rocmforge.layers.embedding import Embedding
+
+        self.config = SimpleNamespace(tied_embeddings=tied)
+        self.token_embd = Embedding(49152, 576, scale=scale)  # Q8_0 in the file
+        if not tied:
+            self.output = Linear(576, 49152)  # no such tensor in the (tied) file: stays dense
+
+
+@pytest.mark.parametrize("scale", [None, 24.0])
+def test_untied_embedding_stays_quantized_and_looks_up_exact_rows(gguf_file, dev, scale):
+    """The lookup dequantizes only the ids' rows: each equals the exact fp32 row (gguf dequant,
+    bit-exact vs gguf-py) rounded to fp16, then scaled like Embedding; the dense table is gone."""
+    from rocmforge.layers.quant_embedding import QuantEmbedding
+
+    model = _TinyLM(tied=False, scale=scale).to(dev)
+    assert quantize_linears(model, gguf_file, dtype=torch.float16) == {"Q8_0": 1}
+    assert isinstance(model.token_embd, QuantEmbedding) and "token_embd.weight" not in model.state_dict()
+    table = gguf_file.load("token_embd.weight")  # (vocab, 576) exact fp32
+    ids = torch.tensor([0, 49151, 7, 7, 31000, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13])  # repeats, > one tile
+    ref = table[ids].to(torch.float16)
+    ref = ref * scale if scale is not None else ref
+    out = model.token_embd(ids.to(dev)).cpu()
+    assert out.dtype == torch.float16 and torch.equal(out, ref)
+    assert model.token_embd(torch.zeros(0, dtype=torch.int64, device=dev)).shape == (0, 576)
+
+
+def test_tied_embedding_stays_dense(gguf_file, dev):
+    model = _TinyLM(tied=True).to(dev)
+    assert quantize_linears(model, gguf_file, dtype=torch.float16) == {}
+    assert "token_embd.weight" in model.state_dict()  # it is the head too: cuBLAS reads it as is
