@@ -9,7 +9,8 @@ head h reading KV head g = h // G (G = Hq / Hkv):
 Split-K ("flash decoding"): [lo, L) is cut into `num_splits` chunks of whole BLOCK_N tiles; program
 (s, g, i) runs an online softmax over chunk i and writes, per query head, the partial max m_i (base 2),
 the partial sum l_i = sum exp2(t_j - m_i) and the unnormalised acc_i = sum exp2(t_j - m_i) v_j. The
-reduce kernel combines them: M = max_i m_i, out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i.
+split of (s, g) that finishes last (an arrival counter, arrival.py) combines them, in split order:
+M = max_i m_i, out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i: no second kernel.
 An empty chunk leaves (m, l, acc) = (-inf, 0, 0) and drops out; a sequence with L = 0 gets zeros.
 
 GQA: a program owns one KV head and all G query heads reading it, so each K/V tile is loaded once and
@@ -36,11 +37,12 @@ import triton.language as tl
 
 from rocmforge.cache.kv_cache import FP8_DTYPES
 from rocmforge.kernels.arch import Arch, current_arch, sm_count
+from rocmforge.kernels.arrival import split_counters
 
 
 @triton.jit
 def _paged_decode_split_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, seq_lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, bt_ptr, seq_lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, cnt_ptr,
     scale, softcap, window, num_splits,
     stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_bts, stride_os, stride_oh,
@@ -118,36 +120,32 @@ def _paged_decode_split_kernel(
         tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
     else:
-        row = (seq * (GROUP * tl.num_programs(1)) + heads) * num_splits + split  # (GROUP_PAD,)
-        tl.store(m_ptr + row, m_i, mask=mask_g)
-        tl.store(l_ptr + row, l_i, mask=mask_g)
-        tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc,
-                 mask=mask_g[:, None] & mask_d[None, :])
-
-
-@triton.jit
-def _paged_decode_reduce_kernel(
-    m_ptr, l_ptr, acc_ptr, out_ptr, num_splits, stride_os, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr,
-):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    offs_i = tl.arange(0, SPLITS_PAD)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_i = offs_i < num_splits
-    mask_d = offs_d < HEAD_DIM
-    row = (seq * tl.num_programs(1) + head) * num_splits + offs_i  # (SPLITS_PAD,)
-    m = tl.load(m_ptr + row, mask=mask_i, other=float("-inf"))
-    lsum = tl.load(l_ptr + row, mask=mask_i, other=0.0)
-    acc = tl.load(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :],
-                  mask=mask_i[:, None] & mask_d[None, :], other=0.0)  # (SPLITS_PAD, BLOCK_D)
-    m_max = tl.max(m, 0)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)  # empty splits: 2^-inf = 0
-    denom = tl.sum(w * lsum, 0)
-    o = tl.sum(w[:, None] * acc, 0) / tl.where(denom == 0.0, 1.0, denom)
-    tl.store(out_ptr + seq * stride_os + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty),
-             mask=mask_d)
+        base = (seq * (GROUP * tl.num_programs(1)) + heads) * num_splits  # (GROUP_PAD,) split 0's row
+        mask_gd = mask_g[:, None] & mask_d[None, :]
+        tl.store(m_ptr + base + split, m_i, mask=mask_g)
+        tl.store(l_ptr + base + split, l_i, mask=mask_g)
+        tl.store(acc_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mask_gd)
+        # the last split of (seq, kvh) to arrive combines all of them (arrival.py): no reduce launch
+        tl.debug_barrier()
+        slot = seq * tl.num_programs(1) + kvh
+        if tl.atomic_add(cnt_ptr + slot, 1, sem="acq_rel") == num_splits - 1:
+            m_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+            for i in range(0, num_splits):  # NOTE: .cg reads L2, never a stale L1 line of another's store
+                m_max = tl.maximum(m_max, tl.load(m_ptr + base + i, mask=mask_g, other=float("-inf"),
+                                                  cache_modifier=".cg"))
+            m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+            den = tl.zeros([GROUP_PAD], tl.float32)
+            o = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
+            for i in range(0, num_splits):  # in split order, whatever the arrival order: deterministic
+                w = tl.exp2(tl.load(m_ptr + base + i, mask=mask_g, other=float("-inf"), cache_modifier=".cg")
+                            - m_max)  # empty splits: 2^-inf = 0
+                den += w * tl.load(l_ptr + base + i, mask=mask_g, other=0.0, cache_modifier=".cg")
+                o += w[:, None] * tl.load(acc_ptr + (base + i)[:, None] * HEAD_DIM + offs_d[None, :],
+                                          mask=mask_gd, other=0.0, cache_modifier=".cg")
+            o = o / tl.where(den == 0.0, 1.0, den)[:, None]
+            tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
+                     o.to(out_ptr.dtype.element_ty), mask=mask_gd)
+            tl.store(cnt_ptr + slot, 0)
 
 
 # ---- per-arch configs ---------------------------------------------------------------------------------
@@ -229,10 +227,12 @@ def paged_decode_attention(
         m = torch.empty(S, Hq, num_splits, dtype=torch.float32, device=q.device)
         lsum = torch.empty_like(m)
         acc = torch.empty(S, Hq, num_splits, D, dtype=torch.float32, device=q.device)
+        cnt = split_counters(q.device, S * Hkv)
     else:
         m = lsum = acc = out  # unused: the split kernel writes the output directly
+        cnt = seq_lens
     _paged_decode_split_kernel[(S, Hkv, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, m, lsum, acc, out,
+        q, k_cache, v_cache, block_tables, seq_lens, m, lsum, acc, out, cnt,
         float(scale), float(softcap or 1.0), int(sliding_window or 0), num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
@@ -246,12 +246,6 @@ def paged_decode_attention(
         KV_FP8=fp8,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    if num_splits > 1:
-        _paged_decode_reduce_kernel[(S, Hq)](
-            m, lsum, acc, out, num_splits, out.stride(0), out.stride(1),
-            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)),
-            SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
-        )
     return out
 
 
@@ -271,7 +265,8 @@ def aot_specs(arch: Arch) -> list[dict]:
         kdt = "fp8e4nv" if dt == "fp8" else dt
         sig = {"q_ptr": "*bf16" if dt == "fp8" else f"*{dt}", "k_ptr": f"*{kdt}", "v_ptr": f"*{kdt}",
                "out_ptr": "*bf16" if dt == "fp8" else f"*{dt}"}
-        sig.update(bt_ptr="*i32", seq_lens_ptr="*i32", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32")
+        sig.update(bt_ptr="*i32", seq_lens_ptr="*i32", m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32",
+                   cnt_ptr="*i32")
         sig.update({n: "fp32" if n in ("scale", "softcap") else "i32" for n in _SPLIT_SIG_INTS})
         const = dict(GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D, BLOCK_D=D, PAGE=16,
                      BLOCK_N=cfg["BLOCK_N"], SPLIT=True, USE_WINDOW=False, USE_SOFTCAP=False,
@@ -281,13 +276,6 @@ def aot_specs(arch: Arch) -> list[dict]:
         specs.append(dict(name=f"paged_decode_split_{dt}_d{D}_g{G}", fn=_paged_decode_split_kernel,
                           signature=sig, constexprs=const, num_warps=cfg["num_warps"],
                           num_stages=cfg["num_stages"]))
-        if G == 4 and dt != "fp8":  # the reduce depends on neither the group nor the cache dtype
-            rsig = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": f"*{dt}",
-                    "num_splits": "i32", "stride_os": "i32", "stride_oh": "i32"}
-            rconst = dict(HEAD_DIM=D, BLOCK_D=D, SPLITS_PAD=8)
-            rsig.update({n: "constexpr" for n in rconst})
-            specs.append(dict(name=f"paged_decode_reduce_{dt}_d{D}", fn=_paged_decode_reduce_kernel,
-                              signature=rsig, constexprs=rconst, num_warps=4, num_stages=1))
     return specs
 
 

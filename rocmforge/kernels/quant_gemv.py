@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from rocmforge.kernels.arch import Arch, current_arch, sm_count
+from rocmforge.kernels.arrival import split_counters
 from rocmforge.kernels.gemv_decode import decode_vectors
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, plane_dtypes, qtype_code
 
@@ -196,21 +197,6 @@ def aot_specs(arch: Arch) -> list[dict]:
 def _words(t: torch.Tensor) -> torch.Tensor:
     """A contiguous uint8/int32 plane (N, B) viewed as int32 words (N, B / 4)."""
     return t if t.dtype == torch.int32 else t.view(torch.int32)
-
-
-_COUNTERS: dict[str, torch.Tensor] = {}
-
-
-def split_counters(device, slabs: int) -> torch.Tensor:
-    """The zeroed int32 arrival counters of store_rows, one per row slab, shared by every split-K
-    GEMV on `device` (launches on one stream never overlap, and each leaves its counters at 0).
-    NOTE: allocated before any graph capture by the first call; a call with more slabs than ever
-    before reallocates (outside capture: the first call of a new shape is an eager warm-up)."""
-    key = str(torch.device(device))
-    cnt = _COUNTERS.get(key)
-    if cnt is None or cnt.numel() < slabs:
-        cnt = _COUNTERS[key] = torch.zeros(max(slabs, 1 << 14), dtype=torch.int32, device=device)
-    return cnt
 
 
 def plan_split_k(m: int, n_out: int, n_units: int, bn: int, step: int, split_k: int | None,

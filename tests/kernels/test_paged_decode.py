@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from rocmforge.kernels.arrival import split_counters
 from rocmforge.kernels.paged_decode import choose_num_splits, paged_decode_attention
 from rocmforge.kernels.reference_ops import paged_decode_attention_ref
 
@@ -76,6 +77,8 @@ def test_splits_and_windows(num_splits, window):
                                  num_splits=num_splits)
     ref = paged_decode_attention_ref(q, kc, vc, bt, lens, scale=0.125, sliding_window=window)
     torch.testing.assert_close(out.float(), ref.float(), rtol=4e-3, atol=4e-3)
+    # the last-arriving split reset its (seq, kv head) counter: the next launch starts from zero
+    assert not split_counters(q.device, 3 * 2)[: 3 * 2].any()
 
 
 @pytest.mark.parametrize("page,D", [(1, 16), (5, 48), (32, 128)])  # odd page sizes, non power-of-two D
