@@ -31,6 +31,7 @@ from ..layers.rotary import RotaryEmbedding
 # Declared fusions (STYLE rule 2): fused module name -> the GGUF projections it concatenates, in order.
 FUSIONS: dict[str, tuple[str, ...]] = {
     "attn_qkv": ("attn_q", "attn_k", "attn_v"),
+    "attn_qk": ("attn_q", "attn_k"),  # when v alone has another type (Q4_K_M's Q6_K attn_v layers)
     "ffn_gate_up": ("ffn_gate", "ffn_up"),
 }
 
@@ -58,6 +59,7 @@ class DecoderLayer(nn.Module):
                                    softcap=c.attn_softcap)  # fmt: skip
         # NOTE: plain attributes (not modules) until the packed path sets them: no state_dict entry.
         self.attn_qkv: nn.Module | None = None  # (T, hidden) -> (T, (Hq + 2 Hkv) * D)
+        self.attn_qk: nn.Module | None = None  # (T, hidden) -> (T, (Hq + Hkv) * D), attn_v apart
         self.ffn_gate_up: nn.Module | None = None  # (T, hidden) -> (T, 2 * ffn)
 
     def qk_norm(self, q: torch.Tensor, k: torch.Tensor):  # (T, Hq, D), (T, Hkv, D): none by default
@@ -79,11 +81,13 @@ class DecoderLayer(nn.Module):
     def attention(self, x: torch.Tensor, rope: RotaryEmbedding, cos_sin, meta: AttentionMetadata):
         """x (T, hidden) already normed -> (T, hidden)."""
         T = x.shape[0]
-        if self.attn_qkv is None:
-            q, k, v = self.attn_q(x), self.attn_k(x), self.attn_v(x)
-        else:
-            nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.attn_qkv is not None:
             q, k, v = self.attn_qkv(x).split((nq, nkv, self.num_kv_heads * self.v_head_dim), dim=-1)
+        elif self.attn_qk is not None:
+            (q, k), v = self.attn_qk(x).split((nq, nkv), dim=-1), self.attn_v(x)
+        else:
+            q, k, v = self.attn_q(x), self.attn_k(x), self.attn_v(x)
         q = q.view(T, self.num_heads, self.head_dim)  # (T, Hq, D)
         k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(T, self.num_kv_heads, self.v_head_dim)  # (T, Hkv, Dv)

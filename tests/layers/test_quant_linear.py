@@ -126,3 +126,48 @@ def test_tied_embedding_stays_dense(gguf_file, dev):
     model = _TinyLM(tied=True).to(dev)
     assert quantize_linears(model, gguf_file, dtype=torch.float16) == {}
     assert "token_embd.weight" in model.state_dict()  # it is the head too: cuBLAS reads it as is
+
+
+def test_q_and_k_fuse_when_v_differs_and_the_layer_agrees(dev):
+    """Q4_K_M gives some layers a Q6_K attn_v: q and k (one type) still run as one QuantLinear
+    (attn_qk), v apart. The fused weight is the exact stack of q's and k's rows, and the layer's
+    attention output matches the same layer holding those weights dense."""
+    from types import SimpleNamespace
+
+    from rocmforge.attention import build_metadata
+    from rocmforge.cache.kv_cache import allocate_kv_cache
+    from rocmforge.kernels.quant_layouts import random_blocks
+    from rocmforge.kernels.reference_quant import dequantize_ref
+    from tests.attention.test_triton_backend_model import tiny_models
+
+    cfg, models = tiny_models("llama", torch.float16)  # hidden 64, 4 q heads / 1 kv head of 16
+    g = torch.Generator().manual_seed(3)
+    types = {"attn_q": "Q8_0", "attn_k": "Q8_0", "attn_v": "Q4_0"}
+    raws = {n: random_blocks(qt, cfg.hidden_size if n == "attn_q" else 16, cfg.hidden_size, g)
+            for n, qt in types.items()}  # fmt: skip
+    tensors = {f"blk.0.{n}.weight": SimpleNamespace(name=f"blk.0.{n}.weight", qtype_name=qt,
+                                                    shape=(raws[n].shape[0], cfg.hidden_size))
+               for n, qt in types.items()}  # fmt: skip
+    fake = SimpleNamespace(tensors=tensors, raw=lambda name: raws[name.split(".")[2]].numpy())
+    dense, quant = models["torch"].to(dev), models["triton"].to(dev)
+    for n, qt in types.items():  # the dense twin holds the exact weights of the blocks
+        w = dequantize_ref(raws[n], qt, (raws[n].shape[0], cfg.hidden_size))  # exact fp32
+        getattr(dense.blk[0], n).weight.copy_(w)  # rounded to fp16: within the tolerance below
+    quant.load_state_dict(dense.state_dict())
+    assert quantize_linears(quant, fake, dtype=torch.float16) == {"Q8_0": 2, "Q4_0": 1}
+    blk = quant.blk[0]
+    assert blk.attn_qkv is None and blk.attn_q is None and isinstance(blk.attn_qk, QuantLinear)
+    qk = torch.cat([dequantize_ref(raws[n], "Q8_0", (raws[n].shape[0], cfg.hidden_size))
+                    for n in ("attn_q", "attn_k")])
+    assert torch.equal(blk.attn_qk.dense_weight().cpu(), qk)
+    x = torch.randn(5, cfg.hidden_size, generator=g).to(dev, torch.float16)
+    outs = []
+    for model in (dense, quant):
+        kv = allocate_kv_cache(cfg, 4, 4, device=dev, dtype=torch.float16)
+        meta = build_metadata([5], [0], [[2, 0]], 4, kv, dev)
+        pos = torch.arange(5, device=dev)
+        rope = model.rope["global"]
+        with torch.inference_mode():
+            outs.append(model.blk[0].attention(x, rope, rope.prepare(pos, None, 5), meta).float())
+    assert outs[0].abs().max() > 0.1  # not a vacuous comparison
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-2, rtol=1e-2)  # fp16 x and outputs
