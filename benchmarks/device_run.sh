@@ -24,6 +24,9 @@ if [ "${1:-all}" = engine ]; then  # engine figures only (no HF, no tests): benc
             --load-prompt 512 --load-output 256 --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err
         echo "bench $m rc=$? at ${SECONDS}s"
     done
+    timeout 60 python3 benchmarks/profile_prefill.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf \
+        > $OUT/prefill_llama-3-8b-q4_k_m-L32.txt 2>&1; echo "prefill profile rc=$? at ${SECONDS}s"
+    grep "^prefill" $OUT/prefill_llama-3-8b-q4_k_m-L32.txt
     timeout 60 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels/test_dequant_kernels.py tests/kernels/test_paged_decode.py tests/layers \
         > $OUT/tests.log 2>&1; echo "tests rc=$? at ${SECONDS}s"; tail -2 $OUT/tests.log
     for f in llama-3-8b-q4_k_m-L32 qwen2.5-0.5b-q8_0-L24; do
