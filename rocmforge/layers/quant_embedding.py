@@ -1,6 +1,6 @@
 """Token embedding whose table stays GGUF-quantized on the GPU: a lookup dequantizes only the T rows it
 reads (kernels/dequant.py, GATHER), bit-for-bit the rows of the exactly dequantized table rounded to
-the model dtype, then Gemma's scale like `Embedding`. An untied 8B's Q4_K table is 0.28 GB this way
+the model dtype, then Gemma's scale like `Embedding`. An untied 8B's Q4_K table is 0.30 GB this way
 instead of 1.05 GB of bf16.
 
 A tied table stays dense: it is also the head, which cuBLAS reads as bf16 at every batch size, where
