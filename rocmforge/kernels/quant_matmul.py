@@ -115,11 +115,7 @@ def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
             return "gemv_i8" if qtype in _I8_AT_M1 else "gemv"
         if m <= 4 or (m <= GEMV_I8_MAX_M and qtype not in _I8_TO_4):
             return "gemv_i8"
-        if qtype in _I8_TO_4:
-            return "dequant_mm"
-        if m <= 16 and qtype != "Q6_K":
-            return "gemm"
-        return "dequant_mm"
+        return "gemm" if m <= 16 and qtype not in _I8_TO_4 else "dequant_mm"
     if m <= GEMV_MAX_M:
         return "gemv"
     return "gemm" if m <= 16 else "dequant_mm"

@@ -16,6 +16,7 @@ from ..gguf.reader import GGUFFile
 from ..kernels.dequant import dequantize_planes
 from ..kernels.quant_layouts import QTYPE_NAMES, QuantWeight, split_planes
 from .embedding import Embedding
+from .quant_linear import raw_rows
 
 
 class QuantEmbedding(nn.Module):
@@ -43,7 +44,7 @@ def quantize_embedding(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dt
     if model.config.tied_embeddings and model._modules.get("output") is None:
         return None  # the table is the head too (module docstring)
     n, k = info.shape
-    raw = torch.from_numpy(gguf_file.raw(info.name).copy()).to(emb.weight.device).view(n, -1)
+    raw = raw_rows(gguf_file, info.name, emb.weight.device)  # (vocab, row bytes)
     model.token_embd = QuantEmbedding(split_planes(raw, info.qtype_name, n, k), dtype, emb.scale)
     return info.qtype_name
 

@@ -16,7 +16,6 @@ from ..gguf.reader import GGUFFile
 from ..kernels.quant_layouts import QTYPE_NAMES, QuantWeight, split_planes
 from ..kernels.quant_matmul import quant_matmul
 from .linear import Linear
-from .quant_embedding import quantize_embedding
 
 
 class QuantLinear(nn.Module):
@@ -41,7 +40,7 @@ class QuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, qtype={self.qweight.qtype}"
 
 
-def _raw_rows(gguf_file: GGUFFile, name: str, device) -> torch.Tensor:  # (out, row bytes) uint8
+def raw_rows(gguf_file: GGUFFile, name: str, device) -> torch.Tensor:  # (out, row bytes) uint8
     info = gguf_file.tensors[name]
     return torch.from_numpy(gguf_file.raw(name).copy()).to(device).view(info.shape[0], -1)
 
@@ -67,7 +66,7 @@ def fuse_quant_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dt
             if any(b is None for b in biases) and not all(b is None for b in biases):
                 continue
             dev = parts[0].weight.device
-            raw = torch.cat([_raw_rows(gguf_file, i.name, dev) for i in infos])  # (sum out, row bytes)
+            raw = torch.cat([raw_rows(gguf_file, i.name, dev) for i in infos])  # (sum out, row bytes)
             n_out, k = raw.shape[0], infos[0].shape[1]
             bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
             setattr(mod, fused, QuantLinear(split_planes(raw, infos[0].qtype_name, n_out, k), bias, dtype))
@@ -96,12 +95,14 @@ def quantize_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtyp
         if info is None or info.qtype_name not in QTYPE_NAMES:
             continue
         n_out, k = info.shape
-        raw = _raw_rows(gguf_file, info.name, mod.weight.device)  # (out, row bytes)
+        raw = raw_rows(gguf_file, info.name, mod.weight.device)  # (out, row bytes)
         q = QuantLinear(split_planes(raw, info.qtype_name, n_out, k), mod.bias, dtype)
         parent_path, _, attr = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, attr, q)
         swapped[info.qtype_name] = swapped.get(info.qtype_name, 0) + 1
-    emb = quantize_embedding(model, gguf_file, dtype=dtype)  # the untied table (quant_embedding.py)
+    from .quant_embedding import quantize_embedding  # NOTE: here, as it imports raw_rows from this module
+
+    emb = quantize_embedding(model, gguf_file, dtype=dtype)  # the untied table
     if emb is not None:
         swapped[emb] = swapped.get(emb, 0) + 1
     return swapped
