@@ -15,6 +15,15 @@ if [ -f /tmp/smol.part00 ] && [ -d .m2 ]; then
 fi
 syn() { python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
 for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"; }
+if [ "${1:-all}" = diag ]; then  # the 8B only: where a prefill and a decode step go (host and GPU)
+    python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e; print(e('llama-3-8b-q4_k_m', None, '/tmp/syn'))"
+    echo "synthetic at ${SECONDS}s"
+    timeout 120 python3 benchmarks/profile_prefill.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf > $OUT/prefill8.txt 2>&1
+    echo "prefill profile rc=$? at ${SECONDS}s"; grep "^prefill" $OUT/prefill8.txt
+    timeout 150 python3 benchmarks/profile_decode.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf > $OUT/decode8.txt 2>&1
+    echo "decode profile rc=$? at ${SECONDS}s"; grep -E "ms/step" $OUT/decode8.txt
+    exit 0
+fi
 if [ "${1:-all}" = engine ]; then  # engine figures only (no HF, no tests): bench + where a step goes
     syn; echo "synthetic files at ${SECONDS}s"
     for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do

@@ -48,6 +48,11 @@ def main() -> None:
                 step_time(eng, 10)
             print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25,
                                             max_name_column_width=60))  # fmt: skip
+            pr = cProfile.Profile()  # eager host cost: what graphs hide
+            pr.enable()
+            step_time(eng, 10)
+            pr.disable()
+            pstats.Stats(pr).sort_stats("tottime").print_stats(20)
         else:
             graph = eng.graphs._graphs[1][0]  # the batch-1 decode graph alone: GPU time, no host step
             torch.cuda.synchronize()

@@ -1,5 +1,6 @@
 """Where a GPU prefill's time goes: ms and tok/s of one N-token prompt (max_tokens=1, median of 3) and
-the kernel table of one such prefill (torch.profiler), sorted by GPU time.
+the kernel table of one such prefill (torch.profiler), sorted by GPU time, and its host hot spots
+(cProfile).
 
 Run: PYTHONPATH=. python3 benchmarks/profile_prefill.py MODEL.gguf [--tokens 512]
 (`rocmforge bench --synthetic NAME` writes synthetic files of real shapes.) Needs a GPU.
@@ -8,6 +9,8 @@ Run: PYTHONPATH=. python3 benchmarks/profile_prefill.py MODEL.gguf [--tokens 512
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 
@@ -42,6 +45,11 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         prefill()
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+    pr = cProfile.Profile()  # the host side: is the prefill launch-bound?
+    pr.enable()
+    prefill()
+    pr.disable()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

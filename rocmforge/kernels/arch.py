@@ -55,12 +55,20 @@ def arch_of_target(target) -> Arch:
 
 
 def current_arch(device=None) -> Arch:
-    """The Arch of the live torch device; CPU (interpreter) when there is none."""
+    """The Arch of the live torch device; CPU (interpreter) when there is none. Cached per device
+    index: every kernel launch asks, and the properties never change."""
     import torch
 
     if not torch.cuda.is_available():
         return CPU
-    props = torch.cuda.get_device_properties(device)
+    return _arch_of_index(torch.cuda._get_device_index(device, optional=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _arch_of_index(index: int) -> Arch:
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
     if getattr(torch.version, "hip", None):
         return make_arch("hip", props.gcnArchName.split(":")[0], 64 if "gfx9" in props.gcnArchName else 32)
     return make_arch("cuda", props.major * 10 + props.minor, 32)
