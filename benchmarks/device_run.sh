@@ -36,7 +36,7 @@ if [ "${1:-all}" = engine ]; then  # engine figures only (no HF, no tests): benc
     timeout 60 python3 benchmarks/profile_prefill.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf \
         > $OUT/prefill_llama-3-8b-q4_k_m-L32.txt 2>&1; echo "prefill profile rc=$? at ${SECONDS}s"
     grep "^prefill" $OUT/prefill_llama-3-8b-q4_k_m-L32.txt
-    timeout 60 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels/test_dequant_kernels.py tests/kernels/test_paged_decode.py tests/layers \
+    timeout 90 python3 -m pytest -q -n 8 -p no:cacheprovider tests/engine/test_cuda_graph.py tests/engine/test_decode_ahead.py tests/engine/test_device_sampler.py tests/layers \
         > $OUT/tests.log 2>&1; echo "tests rc=$? at ${SECONDS}s"; tail -2 $OUT/tests.log
     for f in llama-3-8b-q4_k_m-L32 qwen2.5-0.5b-q8_0-L24; do
         timeout 60 python3 benchmarks/profile_decode.py /tmp/syn/$f.gguf > $OUT/profile_$f.txt 2>&1

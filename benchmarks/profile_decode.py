@@ -42,7 +42,8 @@ def main() -> None:
         for _ in range(4):  # prefill + first decode steps
             eng.step()
         dt = step_time(eng, a.steps)
-        print(f"{'eager' if eager else 'graphs'}: {dt * 1e3:.2f} ms/step, {1 / dt:.1f} tok/s", flush=True)
+        print(f"{'eager' if eager else 'graphs'}: {dt * 1e3:.2f} ms/step, {1 / dt:.1f} tok/s "
+              f"(decode-ahead steps used {eng.ahead_used}, dropped {eng.ahead_dropped})", flush=True)
         if eager:
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 step_time(eng, 10)

@@ -120,6 +120,9 @@ class _ProcessorSampler:
         self.processors: dict[int, tuple[SamplingParams, LogitsProcessor]] = {}
 
     def __call__(self, logits, rows):  # logits (S, V)
+        return self.draw(logits, rows).result()
+
+    def draw(self, logits, rows):  # logits (S, V) -> sampler.Draw
         if self.processors:
             hits = [(i, self.processors.get(id(r.params))) for i, r in enumerate(rows)]
             hits = [(i, p) for i, p in hits if p is not None]
@@ -127,7 +130,7 @@ class _ProcessorSampler:
                 logits = logits.detach().float().cpu().clone()  # (S, V)
                 for i, (_, proc) in hits:
                     logits[i] = proc(rows[i].output_ids, logits[i])
-        return self.inner(logits, rows)
+        return self.inner.draw(logits, rows)
 
     def __getattr__(self, name):  # default_generator etc.
         return getattr(self.inner, name)

@@ -46,10 +46,11 @@ def stage_decode(h: np.ndarray, tables: np.ndarray, block_size: int, token_ids, 
 
     Only the first ceil(seq_len / block_size) entries of a table row are ever read, so a row's tail
     and the padding rows' tables keep stale values and are not written."""
-    n, B = len(h) // 4, len(token_ids)
+    n, B = len(h) // 4, len(positions)
     h[:] = 0
     h[2 * n:3 * n] = -1  # padding rows store nothing
-    h[0:B] = token_ids
+    if token_ids is not None:  # None: the ids are written on the device (DecodeGraphs.launch_ahead)
+        h[0:B] = token_ids
     pos = np.asarray(positions, dtype=np.int64)
     h[n:n + B] = pos
     h[3 * n:3 * n + B] = pos + 1  # seq_lens: cached + this token
@@ -102,11 +103,16 @@ class DecodeGraphs:
         )  # fmt: skip
 
     def _fill(self, b: int, token_ids, positions, block_tables) -> None:
-        """Write one step's values (B rows, padded to b) into the static buffers."""
-        B = len(token_ids)
+        """Write one step's values (B rows, padded to b) into the static buffers; token_ids is a host
+        list, or (B,) int64 on the device."""
+        B = len(positions)
         self._copied.synchronize()  # the last step's copies have left the staging rows
-        cols = stage_decode(self._np, self._np_tables, self.block_size, token_ids, positions, block_tables)
+        on_dev = isinstance(token_ids, torch.Tensor)
+        cols = stage_decode(self._np, self._np_tables, self.block_size, None if on_dev else token_ids,
+                            positions, block_tables)  # fmt: skip
         self._dev.copy_(self._host, non_blocking=True)
+        if on_dev:
+            self.input_ids[:B].copy_(token_ids)
         self.block_tables[:B, :cols].copy_(self._host_tables[:B, :cols], non_blocking=True)
         self._copied.record()
         n = self.buckets[-1]
@@ -123,6 +129,18 @@ class DecodeGraphs:
             with torch.cuda.graph(graph, pool=self._pool):
                 logits = self.model(self.input_ids[:b], self.positions[:b], meta)  # (b, V)
         self._graphs[b] = (graph, logits)
+
+    def launch_ahead(self, tokens: torch.Tensor, positions: list[int],
+                     block_tables: list[list[int]]) -> torch.Tensor | None:  # fmt: skip
+        """Replay a decode step whose input ids are still on the device, (B,) int64 (the last step's
+        draws, not yet read by the host): its logits (B, V), or None when no captured graph fits."""
+        b = self.bucket(len(positions))
+        if self.disabled is not None or b not in self._graphs or max(positions) >= self.max_model_len:
+            return None
+        self._fill(b, tokens, positions, block_tables)
+        graph, logits = self._graphs[b]
+        graph.replay()
+        return logits[:len(positions)]
 
     def run(self, token_ids: list[int], positions: list[int],
             block_tables: list[list[int]]) -> torch.Tensor | None:  # fmt: skip

@@ -10,7 +10,9 @@
                      (seed, offset): greedy rows take argmax z
 
 so the (S, V) logits never leave the GPU: one host sync per step, for the S token ids (plus the
-requested logprobs, which are log_softmax of the raw logits as on the CPU path). A seeded sample's
+requested logprobs, which are log_softmax of the raw logits as on the CPU path). `draw_on_device`
+returns a `Draw` whose ids are still on the device: the engine can launch the next decode step from
+them before it reads them (engine/llm_engine.py, decode ahead). A seeded sample's
 seed is its CPU generator's initial seed (engine/sampler.seeded_generator) and its offset the
 number of tokens it has drawn, so its draws are reproducible; an unseeded row takes a fresh seed from
 the sampler's default generator. The draws differ from the CPU path's torch.multinomial ones
@@ -22,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.sampling import apply_penalties, apply_top_k_top_p_min_p, sample_gumbel
-from .sampler import SampleResult, SamplingRow
+from .sampler import Draw, SampleResult, SamplingRow
 
 
 def _counts(rows: list[SamplingRow], V: int, device, prompt: bool) -> torch.Tensor:
@@ -49,8 +51,8 @@ def _row_params(rows: list[SamplingRow]) -> torch.Tensor:
                          [r.params.presence_penalty for r in rows]], dtype=torch.float64)  # fmt: skip
 
 
-def sample_on_device(logits: torch.Tensor, rows: list[SamplingRow],
-                     default_generator: torch.Generator) -> SampleResult:  # fmt: skip
+def draw_on_device(logits: torch.Tensor, rows: list[SamplingRow],
+                   default_generator: torch.Generator) -> Draw:  # fmt: skip
     """logits (S, V) raw model outputs on the device, one row per entry of `rows`."""
     S, V = logits.shape
     dev = logits.device
@@ -61,7 +63,7 @@ def sample_on_device(logits: torch.Tensor, rows: list[SamplingRow],
     banned = [(r, t) for r, row in enumerate(rows) for t in row.banned_ids]
     greedy = all(p.greedy for p in sp)
     if greedy and not penalized and not banned:  # the common decode batch: one argmax
-        return _result(raw.argmax(dim=-1), raw, rows)
+        return _drawn(raw.argmax(dim=-1), raw, rows)
     z = raw.clone() if raw is logits else raw  # the raw logits stay for logprobs
     table = _row_params(rows).to(dev, torch.float32, non_blocking=True)  # (7, S)
     temp, top_k, top_p, min_p, rep, freq, pres = table
@@ -73,7 +75,7 @@ def sample_on_device(logits: torch.Tensor, rows: list[SamplingRow],
         idx = torch.tensor(banned, dtype=torch.int64).T.to(dev, non_blocking=True)  # (2, nb)
         z[idx[0], idx[1]] = float("-inf")
     if greedy:  # argmax (first index on ties, as the Gumbel kernel at T = 0)
-        return _result(z.argmax(dim=-1), raw, rows)
+        return _drawn(z.argmax(dim=-1), raw, rows)
     z = apply_top_k_top_p_min_p(z / torch.where(temp > 0, temp, 1.0)[:, None], top_k.long(), top_p, min_p)
     seeds = [r.generator.initial_seed() if r.generator is not None
              else int(torch.randint(0, 1 << 62, (), generator=default_generator)) for r in rows]  # fmt: skip
@@ -81,26 +83,45 @@ def sample_on_device(logits: torch.Tensor, rows: list[SamplingRow],
     keys = torch.tensor([seeds, offsets], dtype=torch.int64).to(dev, non_blocking=True)  # (2, S)
     # NOTE: z is already divided by T; the kernel divides by its temperatures, so give it 1 (or 0: greedy)
     tokens = sample_gumbel(z.contiguous(), (temp > 0).float(), keys[0].contiguous(), keys[1].contiguous())
-    return _result(tokens, raw, rows)
+    return _drawn(tokens, raw, rows)
 
 
-def _result(tokens: torch.Tensor, raw: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
-    """Token ids (S,) and, where asked, logprobs of the raw logits (S, V): one host sync each."""
+def _drawn(tokens: torch.Tensor, raw: torch.Tensor, rows: list[SamplingRow]) -> Draw:
+    """Token ids (S,) and, where asked, logprobs of the raw logits (S, V), as a Draw: every read of
+    the logits is enqueued here, so the caller may run the next forward (which overwrites a graph's
+    logits) before reading the result; on CUDA the ids come back through pinned memory and an event
+    (the one host sync, which waits for this step's work only)."""
     S, V = raw.shape
     want = [r.params.logprobs for r in rows]
-    if all(k is None for k in want):
-        return SampleResult(tokens.tolist(), [None] * S)
-    lp = torch.log_softmax(raw, dim=-1)  # (S, V)
-    kmax = max(k for k in want if k is not None)
-    top_v, top_i = torch.topk(lp, min(max(kmax, 1), V), dim=-1)  # (S, kmax)
-    chosen = lp.gather(1, tokens[:, None])[:, 0]  # (S,)
-    tok, top_v, top_i, chosen = tokens.tolist(), top_v.tolist(), top_i.tolist(), chosen.tolist()
-    out: list[dict[int, float] | None] = []
-    for s, k in enumerate(want):
-        if k is None:
-            out.append(None)
-            continue
-        d = {int(i): float(v) for i, v in zip(top_i[s][:k], top_v[s][:k])}
-        d.setdefault(tok[s], float(chosen[s]))
-        out.append(d)
-    return SampleResult(tok, out)
+    tokens = tokens.to(torch.int64)
+    parts = [tokens]
+    if any(k is not None for k in want):
+        lp = torch.log_softmax(raw, dim=-1)  # (S, V)
+        kmax = max(k for k in want if k is not None)
+        top_v, top_i = torch.topk(lp, min(max(kmax, 1), V), dim=-1)  # (S, kmax)
+        parts += [top_v, top_i, lp.gather(1, tokens[:, None])[:, 0]]  # chosen (S,)
+    host, ready = parts, None
+    if tokens.device.type == "cuda":
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in parts]
+        for h, t in zip(host, parts):
+            h.copy_(t, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+
+    def finish() -> SampleResult:
+        if ready is not None:
+            ready.synchronize()
+        if len(host) == 1:
+            return SampleResult(host[0].tolist(), [None] * S)
+        tok, top_v, top_i, chosen = (h.tolist() for h in host)
+        out: list[dict[int, float] | None] = []
+        for s, k in enumerate(want):
+            if k is None:
+                out.append(None)
+                continue
+            d = {int(i): float(v) for i, v in zip(top_i[s][:k], top_v[s][:k])}
+            d.setdefault(tok[s], float(chosen[s]))
+            out.append(d)
+        return SampleResult(tok, out)
+
+    return Draw(tokens, finish)

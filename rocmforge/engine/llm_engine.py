@@ -8,6 +8,15 @@ One step (STYLE rule 7):
     scheduler.update(plan, out)           # append tokens; EOS / stop ids / max_tokens / context end
     detokenize + stop strings             # a stop string found -> scheduler.stop_sequence
 
+Decode ahead (CUDA graphs): after a decode step's draws are enqueued on the device, and before the
+host reads them, the engine replays the graph of the step after it with those ids as input
+(`DecodeGraphs.launch_ahead`), so the host's update / detokenize / schedule runs while the GPU
+computes. The next step uses those logits if its plan is the one guessed (the same sequences, each
+one position on, no new block, no copy-on-write), else it drops them and runs its own forward: the
+dropped step only wrote K/V that a sequence's own next token puts in its own block (or a finished
+sequence's), which nothing reads before it is written again. It is tried only when nothing waits to
+be admitted and no sequence ends at its max_tokens or needs a new block.
+
 Prefill and decode are the same path: a prefill entry runs the prompt (or a chunk of it), a decode
 entry one token; several sequences share each forward. Prompt logprobs come from one separate
 forward over the whole prompt into a scratch cache (logits at every position), so they are exact
@@ -43,6 +52,27 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_cache_dtype: torch.dtype | None = None  # None: the model's dtype (cache/kv_cache.resolve_kv_dtype)
     cuda_graphs: bool = True  # graph-captured decode on a GPU (engine/cuda_graph.py); False: always eager
+    decode_ahead: bool = True  # with graphs: launch the next decode step before reading this one's ids
+
+
+@dataclass
+class _Ahead:
+    """A decode step launched before the host read the ids it runs on (see the module docstring)."""
+
+    seq_ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    blocks: tuple[int, ...]  # the block of each position
+    logits: torch.Tensor  # (B, V): the graph's output buffer
+    tokens: tuple[int, ...] = ()  # the ids it ran on, once the host has read them
+
+    def matches(self, plan: SchedulePlan, block_size: int) -> bool:
+        if plan.block_copies or len(plan.seqs) != len(self.seq_ids):
+            return False
+        return all(
+            e.sample and e.num_samples == 1 and e.token_ids == (t,) and e.seq_id == s and e.start_pos == p
+            and e.block_table[p // block_size] == blk
+            for e, s, p, blk, t in zip(plan.seqs, self.seq_ids, self.positions, self.blocks, self.tokens)
+        )  # fmt: skip
 
 
 @dataclass
@@ -97,6 +127,9 @@ class LLMEngine:
                                        max_model_len=config.max_model_len, block_size=bs,
                                        device=self.device)  # fmt: skip
         self.sampler = Sampler(seed)
+        self._ahead: _Ahead | None = None  # the decode step launched ahead, if any
+        self._graph_step = False  # the last _execute ran a decode graph
+        self.ahead_used = self.ahead_dropped = 0  # decode-ahead steps taken / thrown away
         self.eog_ids = frozenset(int(t) for t in tokenizer.eog_ids)
         self._requests: dict[str, _Request] = {}
         self._seq_of: dict[tuple[str, int], int] = {}  # (request_id, sample index) -> live seq_id
@@ -211,7 +244,12 @@ class LLMEngine:
                 owners.append((e.seq_id, req, smp))
                 row_of.append(r)
         identity = len(row_of) == logits.shape[0] and all(i == r for i, r in enumerate(row_of))
-        res = self.sampler(logits if identity else logits[row_of], rows)  # NOTE: no (S, V) copy when 1:1
+        draw = self.sampler.draw(logits if identity else logits[row_of], rows)  # NOTE: no (S, V) copy when 1:1
+        if self._graph_step and identity and draw.tokens is not None:
+            self._launch_ahead(plan, owners, draw.tokens)
+        res = draw.result()
+        if self._ahead is not None:
+            self._ahead.tokens = tuple(res.token_ids)
         drawn: dict[int, list[int]] = {}
         for (sid, _, _), tok in zip(owners, res.token_ids):
             drawn.setdefault(sid, []).append(tok)
@@ -221,6 +259,25 @@ class LLMEngine:
             self._seq_of.setdefault((s.request_id, s.sample_index), s.seq_id)
         for (_, req, smp), tok, lp in zip(owners, res.token_ids, res.logprobs):
             self._advance(req, smp, tok, lp, done.get((req.request_id, smp.index)))
+
+    def _launch_ahead(self, plan: SchedulePlan, owners: list, tokens: torch.Tensor) -> None:
+        """Replay the next decode step on this step's draws (still on the device) when its plan can
+        be guessed: nothing waiting, every sequence goes on (not at max_tokens) in its current block."""
+        if not self.config.decode_ahead or self.scheduler.waiting or len(owners) != len(plan.seqs):
+            return
+        bs = self.config.block_size
+        pos = [e.start_pos + 1 for e in plan.seqs]
+        if any(p % bs == 0 for p in pos):
+            return  # a new block: the scheduler allocates it
+        for _, req, smp in owners:
+            mt = req.params.max_tokens
+            if mt is not None and len(smp.token_ids) + 1 >= mt:
+                return  # this step's token is its last
+        with torch.inference_mode():
+            logits = self.graphs.launch_ahead(tokens, pos, [e.block_table for e in plan.seqs])
+        if logits is not None:
+            self._ahead = _Ahead(tuple(e.seq_id for e in plan.seqs), tuple(pos),
+                                 tuple(e.block_table[p // bs] for e, p in zip(plan.seqs, pos)), logits)
 
     def _banned(self, params: SamplingParams, num_out: int) -> tuple[int, ...]:
         if num_out >= params.min_tokens:
@@ -266,12 +323,20 @@ class LLMEngine:
             for k, v in self.kv_caches:
                 k[dst].copy_(k[src])
                 v[dst].copy_(v[src])
+        ahead, self._ahead, self._graph_step = self._ahead, None, False
+        if ahead is not None:
+            if ahead.matches(plan, self.config.block_size):
+                self.ahead_used += 1
+                self._graph_step = True
+                return ahead.logits  # (S, V), launched during the last step
+            self.ahead_dropped += 1
         if self.graphs is not None and all(len(e.token_ids) == 1 and e.sample for e in plan.seqs):
             seqs = plan.seqs
             with torch.inference_mode():
                 logits = self.graphs.run([e.token_ids[0] for e in seqs], [e.start_pos for e in seqs],
                                          [e.block_table for e in seqs])  # fmt: skip
             if logits is not None:
+                self._graph_step = True
                 return logits  # (S, V)
         logits = self._forward([(list(e.token_ids), e.start_pos) for e in plan.seqs],
                                [list(e.block_table) for e in plan.seqs], self.kv_caches, "last")  # (S, V)

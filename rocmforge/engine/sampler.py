@@ -17,6 +17,7 @@ model's logits before any of the transforms above; the top-K plus the sampled to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,19 @@ def top_logprobs(raw: torch.Tensor, k: int, chosen: int) -> dict[int, float]:
     return out
 
 
+class Draw:
+    """One step's draws: `tokens` (S,) int64 on the device (None when drawn on the host), and
+    `result()` -> SampleResult, the host's copy (it waits for the device, once)."""
+
+    def __init__(self, tokens: torch.Tensor | None, finish: Callable[[], SampleResult]):
+        self.tokens, self._finish, self._res = tokens, finish, None
+
+    def result(self) -> SampleResult:
+        if self._res is None:
+            self._res = self._finish()
+        return self._res
+
+
 class Sampler:
     """Samples one token for each row of a (S, V) logits batch; stateless apart from the default rng."""
 
@@ -144,12 +158,20 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
         """logits: (S, V) raw model outputs, one row per entry of `rows`."""
+        return self.draw(logits, rows).result()
+
+    def draw(self, logits: torch.Tensor, rows: list[SamplingRow]) -> Draw:
+        """Like __call__, but on the device the ids are not read back yet (Draw.tokens, Draw.result)."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"sampler got logits of shape {tuple(logits.shape)} for {len(rows)} sequences")
         if self.on_device or (self.on_device is None and logits.device.type == "cuda"):
-            from .device_sampler import sample_on_device  # imports Triton
+            from .device_sampler import draw_on_device  # imports Triton
 
-            return sample_on_device(logits.detach(), rows, self.default_generator)
+            return draw_on_device(logits.detach(), rows, self.default_generator)
+        res = self._sample_cpu(logits, rows)
+        return Draw(None, lambda: res)
+
+    def _sample_cpu(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
         logits = logits.detach().float().cpu()
         tokens: list[int] = []
         for i, row in enumerate(rows):
