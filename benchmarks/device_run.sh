@@ -24,6 +24,20 @@ if [ "${1:-all}" = diag ]; then  # the 8B only: where a prefill and a decode ste
     echo "decode profile rc=$? at ${SECONDS}s"; grep -E "ms/step" $OUT/decode8.txt
     exit 0
 fi
+if [ "${1:-all}" = load ]; then  # bench both + where the 8B's prefill and 64-request load go
+    syn; echo "synthetic files at ${SECONDS}s"
+    for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do
+        c=64; [ $m = qwen2.5-0.5b-q8_0 ] && c=16
+        timeout 170 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c $c \
+            --load-prompt 512 --load-output 256 --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err
+        echo "bench $m rc=$? at ${SECONDS}s"
+    done
+    timeout 60 python3 benchmarks/profile_prefill.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf \
+        > $OUT/prefill8.txt 2>&1; echo "prefill profile rc=$? at ${SECONDS}s"; grep -E "^prefill|^forward" $OUT/prefill8.txt
+    timeout 120 python3 benchmarks/profile_load.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf > $OUT/load8.txt 2>&1
+    echo "load profile rc=$? at ${SECONDS}s"; cat $OUT/load8.txt | tail -20
+    exit 0
+fi
 if [ "${1:-all}" = engine ]; then  # engine figures only (no HF, no tests): bench + where a step goes
     syn; echo "synthetic files at ${SECONDS}s"
     for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do

@@ -40,8 +40,25 @@ def main() -> None:
         return time.perf_counter() - t
 
     prefill()  # warm-up: compiles the kernels
-    dt = statistics.median(prefill() for _ in range(3))
-    print(f"prefill {a.tokens}: {dt * 1e3:.2f} ms, {a.tokens / dt:.0f} tok/s", flush=True)
+    runs = [prefill() for _ in range(5)]
+    dt = statistics.median(runs)
+    print(f"prefill {a.tokens}: {dt * 1e3:.2f} ms, {a.tokens / dt:.0f} tok/s (runs "
+          f"{', '.join(f'{r * 1e3:.1f}' for r in runs)} ms)", flush=True)
+    eng = llm.engine  # the forward alone, over blocks 0.. of the (now idle) cache: host vs GPU time
+    nb = -(-a.tokens // eng.config.block_size)
+    ids = torch.randint(0, vocab, (a.tokens,), generator=g).tolist()
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        start.record()
+        eng._forward([(ids, 0)], [list(range(nb))], eng.kv_caches, "last")
+        end.record()
+        host = time.perf_counter() - t
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        print(f"forward alone: host returns after {host * 1e3:.1f} ms, GPU {start.elapsed_time(end):.1f} ms, "
+              f"wall {wall * 1e3:.1f} ms", flush=True)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         prefill()
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
