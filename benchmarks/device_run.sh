@@ -30,7 +30,8 @@ if [ "${1:-all}" = load ]; then  # bench both + where the 8B's prefill and 64-re
         c=64; [ $m = qwen2.5-0.5b-q8_0 ] && c=16
         timeout 170 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c $c \
             --load-prompt 512 --load-output 256 --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err
-        echo "bench $m rc=$? at ${SECONDS}s"
+        echo "bench $m rc=$? at ${SECONDS}s"; python3 -c "import json; d = json.load(open('$OUT/bench_$m.json'))
+print('pp', d['pp']['runs_tok_s'], 'tg', d['tg']['runs_tok_s']); print('load', d['load'])"
     done
     timeout 60 python3 benchmarks/profile_prefill.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf \
         > $OUT/prefill8.txt 2>&1; echo "prefill profile rc=$? at ${SECONDS}s"; grep -E "^prefill|^forward" $OUT/prefill8.txt

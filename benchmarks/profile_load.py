@@ -51,7 +51,7 @@ def main() -> None:
             torch.cuda.synchronize()
             dt = time.perf_counter() - t
             running = len(eng.scheduler.running)
-            kind = "graph decode" if eng._graph_step else "eager"
+            kind = "graph decode" if eng.ran_graph else "eager"
             s = steps[f"{kind}, {running:>2} running" if kind != "eager" else "eager (prefill / mixed)"]
             s[0] += 1
             s[1] += dt

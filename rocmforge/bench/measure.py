@@ -136,10 +136,17 @@ class EngineBench:
         t0 = time.perf_counter()
         rids = [eng.add_request(p, sp) for p in prompts]
         stamps: list[list[float]] = [[] for _ in rids]
+        self.steps = {"graph": 0, "graph_s": 0.0, "eager": 0, "eager_s": 0.0,
+                      "preemptions": -eng.scheduler.num_preemptions}  # fmt: skip
+        last = 0.0
         try:
             while eng.has_unfinished():
                 eng.step()
                 now = time.perf_counter() - t0
+                kind = "graph" if eng.ran_graph else "eager"
+                self.steps[kind] += 1
+                self.steps[kind + "_s"] += now - last
+                last = now
                 for r, rid in enumerate(rids):
                     n = eng.num_generated(rid)
                     stamps[r] += [now] * (n - len(stamps[r]))
@@ -147,6 +154,7 @@ class EngineBench:
             for rid in rids:
                 eng.abort(rid)
         _sync(dev)
+        self.steps["preemptions"] += eng.scheduler.num_preemptions
         return time.perf_counter() - t0, stamps
 
     def warm_up(self) -> None:
@@ -170,7 +178,7 @@ class EngineBench:
         c = self.config
         wall, stamps = self.run_requests([self.prompt(c.load_prompt) for _ in range(c.concurrency)],
                                          c.load_output)  # fmt: skip
-        return load_stats(wall, stamps, c.load_prompt)
+        return {**load_stats(wall, stamps, c.load_prompt), "steps": dict(self.steps)}
 
 
 def load_stats(wall: float, stamps: list[list[float]], prompt_len: int) -> dict:

@@ -128,7 +128,7 @@ class LLMEngine:
                                        device=self.device)  # fmt: skip
         self.sampler = Sampler(seed)
         self._ahead: _Ahead | None = None  # the decode step launched ahead, if any
-        self._graph_step = False  # the last _execute ran a decode graph
+        self.ran_graph = False  # the last step ran a decode graph (or its launched-ahead replay)
         self.ahead_used = self.ahead_dropped = 0  # decode-ahead steps taken / thrown away
         self.eog_ids = frozenset(int(t) for t in tokenizer.eog_ids)
         self._requests: dict[str, _Request] = {}
@@ -245,7 +245,7 @@ class LLMEngine:
                 row_of.append(r)
         identity = len(row_of) == logits.shape[0] and all(i == r for i, r in enumerate(row_of))
         draw = self.sampler.draw(logits if identity else logits[row_of], rows)  # NOTE: no (S, V) copy when 1:1
-        if self._graph_step and identity and draw.tokens is not None:
+        if self.ran_graph and identity and draw.tokens is not None:
             self._launch_ahead(plan, owners, draw.tokens)
         res = draw.result()
         if self._ahead is not None:
@@ -323,11 +323,11 @@ class LLMEngine:
             for k, v in self.kv_caches:
                 k[dst].copy_(k[src])
                 v[dst].copy_(v[src])
-        ahead, self._ahead, self._graph_step = self._ahead, None, False
+        ahead, self._ahead, self.ran_graph = self._ahead, None, False
         if ahead is not None:
             if ahead.matches(plan, self.config.block_size):
                 self.ahead_used += 1
-                self._graph_step = True
+                self.ran_graph = True
                 return ahead.logits  # (S, V), launched during the last step
             self.ahead_dropped += 1
         if self.graphs is not None and all(len(e.token_ids) == 1 and e.sample for e in plan.seqs):
@@ -336,7 +336,7 @@ class LLMEngine:
                 logits = self.graphs.run([e.token_ids[0] for e in seqs], [e.start_pos for e in seqs],
                                          [e.block_table for e in seqs])  # fmt: skip
             if logits is not None:
-                self._graph_step = True
+                self.ran_graph = True
                 return logits  # (S, V)
         logits = self._forward([(list(e.token_ids), e.start_pos) for e in plan.seqs],
                                [list(e.block_table) for e in plan.seqs], self.kv_caches, "last")  # (S, V)
