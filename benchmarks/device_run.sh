@@ -36,7 +36,9 @@ print('pp', d['pp']['runs_tok_s'], 'tg', d['tg']['runs_tok_s']); print('load', d
     timeout 60 python3 benchmarks/profile_prefill.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf \
         > $OUT/prefill8.txt 2>&1; echo "prefill profile rc=$? at ${SECONDS}s"; grep -E "^prefill|^forward" $OUT/prefill8.txt
     timeout 120 python3 benchmarks/profile_load.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf > $OUT/load8.txt 2>&1
-    echo "load profile rc=$? at ${SECONDS}s"; cat $OUT/load8.txt | tail -20
+    echo "load profile rc=$? at ${SECONDS}s"; head -4 $OUT/load8.txt
+    timeout 90 python3 -m pytest -q -n 8 -p no:cacheprovider tests/engine/test_cuda_graph.py tests/engine/test_decode_ahead.py \
+        tests/engine/test_device_sampler.py tests/layers > $OUT/tests.log 2>&1; echo "tests rc=$? at ${SECONDS}s"; tail -2 $OUT/tests.log
     exit 0
 fi
 if [ "${1:-all}" = engine ]; then  # engine figures only (no HF, no tests): bench + where a step goes

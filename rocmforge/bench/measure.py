@@ -160,6 +160,7 @@ class EngineBench:
     def warm_up(self) -> None:
         """One pp-sized prompt and a few decode steps (kernels compiled, caches warm) before timing."""
         c = self.config
+        self.engine.capture_graphs()  # every batch size compiled and captured before any timing
         self.run_requests([self.prompt(max(1, c.n_prompt or 16))], 4)
         if c.concurrency:
             self.run_requests([self.prompt(c.load_prompt) for _ in range(c.concurrency)], 2)

@@ -12,8 +12,10 @@ ceil(max_model_len / block_size) wide and the decode split-K factor is chosen fo
 program sizes its chunk from the live seq_len, so shorter contexts just leave splits empty).
 
 Capture happens lazily, the first time a bucket is used, after one eager warm-up run of that bucket
-(Triton compiles there, outside the capture). A capture that fails turns graphs off for the engine, with
-the reason logged once; the step then runs eagerly. All buckets share one memory pool.
+(Triton compiles there, outside the capture), or for every bucket at once with `capture_all` (the
+server and the bench do that at start: a first-time compile inside a request costs seconds). A
+capture that fails turns graphs off for the engine, with the reason logged once; the step then runs
+eagerly. All buckets share one memory pool.
 """
 
 from __future__ import annotations
@@ -118,6 +120,18 @@ class DecodeGraphs:
         n = self.buckets[-1]
         self.seq_lens[:b].copy_(self._dev[3 * n:3 * n + b])
 
+    def _try_capture(self, b: int) -> bool:
+        """Capture bucket b; a failure turns graphs off for good, with the reason logged once."""
+        try:
+            self._capture(b)
+            return True
+        except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly, say why
+            self.disabled = f"capturing the batch-{b} decode graph failed: {type(e).__name__}: {e}"
+            logger.warning("rocmforge: CUDA graphs off, decode runs eagerly: %s", self.disabled)
+            self._graphs.clear()
+            torch.cuda.synchronize(self.device)
+            return False
+
     def _capture(self, b: int) -> None:
         meta = self._meta(b)
         with torch.inference_mode():
@@ -129,6 +143,24 @@ class DecodeGraphs:
             with torch.cuda.graph(graph, pool=self._pool):
                 logits = self.model(self.input_ids[:b], self.positions[:b], meta)  # (b, V)
         self._graphs[b] = (graph, logits)
+
+    def capture_all(self) -> list[int]:
+        """Capture every bucket not yet captured (Triton compiles each batch size's kernels here, not
+        inside the first request that needs them); returns the buckets captured. The buffers hold
+        padding rows only (slot -1, seq_len 0), so the cache is not touched."""
+        if self.disabled is not None:
+            return []
+        self._copied.synchronize()
+        self._dev.zero_()
+        self.slots.fill_(-1)
+        self.seq_lens.zero_()
+        done = []
+        for b in self.buckets:
+            if b not in self._graphs:
+                if not self._try_capture(b):
+                    return []
+                done.append(b)
+        return done
 
     def launch_ahead(self, tokens: torch.Tensor, positions: list[int],
                      block_tables: list[list[int]]) -> torch.Tensor | None:  # fmt: skip
@@ -149,15 +181,8 @@ class DecodeGraphs:
         if self.disabled is not None or b is None or max(positions) >= self.max_model_len:
             return None
         self._fill(b, token_ids, positions, block_tables)
-        if b not in self._graphs:
-            try:
-                self._capture(b)
-            except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly, say why
-                self.disabled = f"capturing the batch-{b} decode graph failed: {type(e).__name__}: {e}"
-                logger.warning("rocmforge: CUDA graphs off, decode runs eagerly: %s", self.disabled)
-                self._graphs.clear()
-                torch.cuda.synchronize(self.device)
-                return None
+        if b not in self._graphs and not self._try_capture(b):
+            return None
         # NOTE: a first capture's warm-up already ran this step; the replay writes the same K/V again
         graph, logits = self._graphs[b]
         graph.replay()

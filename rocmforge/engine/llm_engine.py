@@ -140,6 +140,10 @@ class LLMEngine:
         return allocate_kv_cache(self.model_config, num_blocks, self.config.block_size,
                                  device=self.device, dtype=self.config.kv_cache_dtype or self.dtype)
 
+    def capture_graphs(self) -> list[int]:
+        """Capture every decode batch bucket now (DecodeGraphs.capture_all); [] without graphs."""
+        return [] if self.graphs is None else self.graphs.capture_all()
+
     # ---- requests -----------------------------------------------------------------------------
     def check_prompt(self, prompt_ids: list[int]) -> None:
         n, limit = len(prompt_ids), self.config.max_model_len
@@ -244,7 +248,8 @@ class LLMEngine:
                 owners.append((e.seq_id, req, smp))
                 row_of.append(r)
         identity = len(row_of) == logits.shape[0] and all(i == r for i, r in enumerate(row_of))
-        draw = self.sampler.draw(logits if identity else logits[row_of], rows)  # NOTE: no (S, V) copy when 1:1
+        # NOTE: no (S, V) copy when rows and logits are 1:1
+        draw = self.sampler.draw(logits if identity else logits[row_of], rows)
         if self.ran_graph and identity and draw.tokens is not None:
             self._launch_ahead(plan, owners, draw.tokens)
         res = draw.result()

@@ -212,9 +212,18 @@ def serve_main(a) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     name = a.served_model_name or a.model or "smollm2"
-    loader = lambda: LLM(a.model, device=a.device, max_model_len=a.max_model_len,
-                         gpu_memory_utilization=a.gpu_memory_utilization,
-                         tensor_parallel_size=a.tensor_parallel_size)
+
+    def loader():
+        llm = LLM(a.model, device=a.device, max_model_len=a.max_model_len,
+                  gpu_memory_utilization=a.gpu_memory_utilization,
+                  tensor_parallel_size=a.tensor_parallel_size)
+        engine = getattr(llm, "engine", None)
+        if engine is not None and hasattr(engine, "capture_graphs"):
+            t = time.perf_counter()  # a first-time compile would otherwise land inside a request
+            if buckets := engine.capture_graphs():
+                logger.info("rocmforge: decode graphs captured for batch sizes %s in %.1f s", buckets,
+                            time.perf_counter() - t)
+        return llm
     app = create_app(model_name=name, api_key=a.api_key, loader=loader)
     logger.info("rocmforge: serving %s on http://%s:%d (OpenAI API under /v1)", name, a.host, a.port)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
