@@ -11,7 +11,8 @@ Split-K ("flash decoding"): [lo, L) is cut into `num_splits` chunks of whole BLO
 the partial sum l_i = sum exp2(t_j - m_i) and the unnormalised acc_i = sum exp2(t_j - m_i) v_j. The
 split of (s, g) that finishes last (an arrival counter, arrival.py) combines them, in split order:
 M = max_i m_i, out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i: no second kernel.
-An empty chunk leaves (m, l, acc) = (-inf, 0, 0) and drops out; a sequence with L = 0 gets zeros.
+Chunks past L are empty (m, l, acc) = (-inf, 0, 0) and the combine skips them (it reads only the first
+ceil((L - lo) / chunk)); a sequence with L = 0 gets zeros.
 
 GQA: a program owns one KV head and all G query heads reading it, so each K/V tile is loaded once and
 the scores are a (G, BLOCK_N) tensor-core product (G padded to 16 rows: the padding is free, decode is
@@ -129,14 +130,17 @@ def _paged_decode_split_kernel(
         tl.debug_barrier()
         slot = seq * tl.num_programs(1) + kvh
         if tl.atomic_add(cnt_ptr + slot, 1, sem="acq_rel") == num_splits - 1:
+            # only the splits that held tokens: graphs size num_splits for max_model_len, and the empty
+            # ones (2^-inf weight) would cost the combine a serial L2 read each
+            used = tl.where(chunk > 0, tl.cdiv(L - lo, tl.maximum(chunk, 1)), 0)
             m_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-            for i in range(0, num_splits):  # NOTE: .cg reads L2, never a stale L1 line of another's store
+            for i in range(0, used):  # NOTE: .cg reads L2, never a stale L1 line of another's store
                 m_max = tl.maximum(m_max, tl.load(m_ptr + base + i, mask=mask_g, other=float("-inf"),
                                                   cache_modifier=".cg"))
             m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
             den = tl.zeros([GROUP_PAD], tl.float32)
             o = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-            for i in range(0, num_splits):  # in split order, whatever the arrival order: deterministic
+            for i in range(0, used):  # in split order, whatever the arrival order: deterministic
                 w = tl.exp2(tl.load(m_ptr + base + i, mask=mask_g, other=float("-inf"), cache_modifier=".cg")
                             - m_max)  # empty splits: 2^-inf = 0
                 den += w * tl.load(l_ptr + base + i, mask=mask_g, other=0.0, cache_modifier=".cg")
