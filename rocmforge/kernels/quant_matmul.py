@@ -25,7 +25,7 @@ from rocmforge.kernels import quant_gemv, quant_gemv_i8
 from rocmforge.kernels.arch import Arch, current_arch
 from rocmforge.kernels.dequant import dequant_tile, dequantize_planes, plane_strides
 from rocmforge.kernels.quant_gemv import GEMV_MAX_M, qgemv
-from rocmforge.kernels.quant_gemv_i8 import GEMV_I8_MAX_M, qgemv_i8
+from rocmforge.kernels.quant_gemv_i8 import GEMV_I8_MAX_M, qgemv_i8, qgemv_i8_quantized
 from rocmforge.kernels.quant_layouts import QTYPE_NAMES, QuantWeight, group_bytes, qtype_code
 from rocmforge.kernels.quant_layouts import split_planes as _split_planes
 
@@ -121,6 +121,16 @@ def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
     return "gemm" if m <= 16 else "dequant_mm"
 
 
+def int8_wanted(rows: int, k: int, dtype: torch.dtype, device: torch.device, qtypes) -> bool:
+    """Whether a (rows, k) activation about to enter GEMVs on weights of `qtypes` would be quantized by
+    one of them (choose_path picks the integer-dot GEMV): then the kernel writing it should write its
+    int8 form too (quantize_act.attach: rmsnorm, activations)."""
+    if device.type != "cuda" or k % 32 or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    arch = current_arch(device)
+    return any(choose_path(rows, arch, qt) == "gemv_i8" for qt in qtypes)
+
+
 _I8_AT_M1 = ("Q4_K",)  # the others lose at M=1 on the 8B shapes (Q5_K wins 14336x4096 only)
 _I8_TO_4 = ("Q5_0", "Q5_1", "Q5_K", "Q6_K")  # above 4 rows: dequant + cuBLAS
 
@@ -179,13 +189,14 @@ def qgemm(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
 
 def quant_matmul(x: torch.Tensor, w: QuantWeight | torch.Tensor, qtype: str | None = None,
                  n_out: int | None = None, *, path: str | None = None,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                 bias: torch.Tensor | None = None, xq8: tuple | None = None) -> torch.Tensor:  # fmt: skip
     """x (M, K) fp16/bf16 @ W^T -> (M, N) in x's dtype.
 
     `w` is a QuantWeight (split once at load time with quant_layouts.split_planes) or raw GGUF bytes
     (N, row_bytes) uint8 with `qtype` and `n_out` (then split on every call: a copy of W).
     `path` forces "gemv_i8" | "gemv" | "gemm" | "dequant_mm"; by default `choose_path` decides.
-    `bias` (N,) is added."""
+    `bias` (N,) is added. `xq8`: quantize_act(x) when already computed (rmsnorm's quantize), used if the
+    path is the integer-dot GEMV."""
     if not isinstance(w, QuantWeight):
         if qtype is None or n_out is None:
             raise ValueError("quant_matmul: raw weight bytes need qtype= and n_out=")
@@ -195,6 +206,8 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight | torch.Tensor, qtype: str | No
     if path == "gemv":  # the bias is added in fp32 by its split-K reduce
         return qgemv(x, w, bias=bias)
     if path == "gemv_i8":
+        if xq8 is not None:
+            return qgemv_i8_quantized(xq8, w, x.dtype, bias=bias)
         return qgemv_i8(x, w, bias=bias)
     if path == "gemm":
         y = qgemm(x, w)

@@ -34,6 +34,29 @@ def _div(a, b, DIV_RN: tl.constexpr):
 
 
 @triton.jit
+def _quantize_groups(x, DIV_RN: tl.constexpr):
+    """x (G, 32) fp32 groups -> q (G, 32) fp32 integer values in [-127, 127], d (G,) scales and
+    hs (G, 2) the halves' sums d·Σq (the module docstring's xq, xd, xs)."""
+    amax = tl.max(tl.abs(x), axis=1)  # (G,)
+    safe = tl.where(amax > 0, amax, 1.0)
+    inv = tl.where(amax > 0, _div(tl.full(amax.shape, 127.0, tl.float32), safe, DIV_RN), 0.0)
+    v = x * inv[:, None]
+    q = tl.minimum(tl.maximum((v + _RINT) - _RINT, -127.0), 127.0)
+    d = _div(amax, tl.full(amax.shape, 127.0, tl.float32), DIV_RN)
+    halves = tl.sum(tl.reshape(q, (q.shape[0], 2, 16)), axis=2)  # (G, 2) exact integer sums
+    return q, d, d[:, None] * halves
+
+
+@triton.jit
+def store_groups(x, offs_g, mask_g, xq_row, xd_row, xs_row, DIV_RN: tl.constexpr):
+    """Quantize x (G, 32) fp32, groups offs_g (G,) of one row, into that row's xq / xd / xs."""
+    q, d, hs = _quantize_groups(x, DIV_RN)
+    tl.store(xq_row + offs_g[:, None] * 32 + tl.arange(0, 32)[None, :], q.to(tl.int8), mask=mask_g[:, None])
+    tl.store(xd_row + offs_g, d, mask=mask_g)
+    tl.store(xs_row + offs_g[:, None] * 2 + tl.arange(0, 2)[None, :], hs, mask=mask_g[:, None])
+
+
+@triton.jit
 def _quantize_act_kernel(x_ptr, xq_ptr, xd_ptr, xs_ptr, K, stride_xm, BG: tl.constexpr,
                          DIV_RN: tl.constexpr):
     """Program (m, j): groups [j·BG, +BG) of row m (K a multiple of 32)."""
@@ -42,17 +65,8 @@ def _quantize_act_kernel(x_ptr, xq_ptr, xd_ptr, xs_ptr, K, stride_xm, BG: tl.con
     mask_g = offs_g < K // 32
     offs_k = offs_g[:, None] * 32 + tl.arange(0, 32)[None, :]  # (BG, 32)
     x = tl.load(x_ptr + m * stride_xm + offs_k, mask=mask_g[:, None], other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)  # (BG,)
-    safe = tl.where(amax > 0, amax, 1.0)
-    inv = tl.where(amax > 0, _div(tl.full(amax.shape, 127.0, tl.float32), safe, DIV_RN), 0.0)
-    v = x * inv[:, None]
-    q = tl.minimum(tl.maximum((v + _RINT) - _RINT, -127.0), 127.0)
-    d = _div(amax, tl.full(amax.shape, 127.0, tl.float32), DIV_RN)
-    tl.store(xq_ptr + m.to(tl.int64) * K + offs_k, q.to(tl.int8), mask=mask_g[:, None])
-    tl.store(xd_ptr + m * (K // 32) + offs_g, d, mask=mask_g)
-    halves = tl.sum(tl.reshape(q, (BG, 2, 16)), axis=2)  # (BG, 2) exact integer sums
-    offs_h = offs_g[:, None] * 2 + tl.arange(0, 2)[None, :]
-    tl.store(xs_ptr + m * (K // 16) + offs_h, d[:, None] * halves, mask=mask_g[:, None])
+    store_groups(x, offs_g, mask_g, xq_ptr + m.to(tl.int64) * K, xd_ptr + m * (K // 32),
+                 xs_ptr + m * (K // 16), DIV_RN)
 
 
 def act_config(arch: Arch) -> dict:
@@ -68,15 +82,33 @@ def aot_specs(arch: Arch) -> list[dict]:
             for tt in ("*fp16", "*bf16")]
 
 
+def empty_quantized(m: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Buffers of quantize_act's result for (M, K): xq (M, K) int8, xd (M, K/32), xs (M, K/16) fp32."""
+    return (torch.empty(m, k, dtype=torch.int8, device=device),
+            torch.empty(m, k // 32, dtype=torch.float32, device=device),
+            torch.empty(m, k // 16, dtype=torch.float32, device=device))
+
+
+def attach(y: torch.Tensor, xqds: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mark y (M, K) as already quantized (a kernel that wrote y wrote xqds = quantize_act(y) too), so
+    the integer-dot GEMV that reads y next skips its own quantize_act launch (quant_matmul's `xq8`).
+    Valid for this tensor object only, as long as y is not written again."""
+    y.rf_quantized = xqds
+    return y
+
+
+def attached(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """What attach() put on x, or None."""
+    return getattr(x, "rf_quantized", None)
+
+
 def quantize_act(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (M, K) fp16/bf16/fp32, K % 32 == 0 -> xq (M, K) int8, xd (M, K/32) fp32, xs (M, K/16) fp32."""
     if x.dim() != 2 or x.shape[1] % XGROUP or x.stride(1) != 1:
         raise ValueError(f"quantize_act: x must be a row-contiguous (M, K) tensor with K % 32 == 0, "
                          f"got {tuple(x.shape)} strides {x.stride()}")
     m, k = x.shape
-    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
-    xd = torch.empty(m, k // 32, dtype=torch.float32, device=x.device)
-    xs = torch.empty(m, k // 16, dtype=torch.float32, device=x.device)
+    xq, xd, xs = empty_quantized(m, k, x.device)
     c = act_config(current_arch(x.device))
     _quantize_act_kernel[(m, triton.cdiv(k // 32, c["BG"]))](
         x, xq, xd, xs, k, x.stride(0), BG=c["BG"], DIV_RN=x.device.type != "cpu", num_warps=c["num_warps"],

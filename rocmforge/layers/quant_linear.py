@@ -15,6 +15,7 @@ from torch import nn
 from ..gguf.reader import GGUFFile
 from ..kernels.quant_layouts import QTYPE_NAMES, QuantWeight, split_planes
 from ..kernels.quant_matmul import quant_matmul
+from ..kernels.quantize_act import attached
 from .linear import Linear
 
 
@@ -27,8 +28,9 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         lead = x.shape[:-1]
+        xq8 = attached(x) if x.dtype == self.dtype else None  # x's int8 form, if its norm wrote one
         x2 = x.reshape(-1, self.in_features).to(self.dtype).contiguous()  # (T, in)
-        y = quant_matmul(x2, self.qweight, bias=self.bias)  # (T, out) in self.dtype
+        y = quant_matmul(x2, self.qweight, bias=self.bias, xq8=xq8)  # (T, out) in self.dtype
         return y.reshape(*lead, self.out_features)
 
     def dense_weight(self) -> torch.Tensor:  # (out, in): the exact dequantized weight, for checks
@@ -80,7 +82,8 @@ def quantize_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtyp
     """Fuse what FUSIONS allows (fuse_quant_linears), then replace each remaining `Linear` named after a
     block-quantized GGUF tensor with a QuantLinear on the weight's device; returns {qtype: count} of
     the GGUF tensors now held quantized (the untied embedding table included). Module paths are
-    tensor names."""
+    tensor names. Then the model's `mark_int8_inputs` (if it has one) tells its norms / activations
+    which quant types read their outputs (rmsnorm / activations `quantize`)."""
     from ..models.base import FUSIONS
 
     swapped: dict[str, int] = {}
@@ -105,6 +108,8 @@ def quantize_linears(model: nn.Module, gguf_file: GGUFFile, *, dtype: torch.dtyp
     emb = quantize_embedding(model, gguf_file, dtype=dtype)  # the untied table
     if emb is not None:
         swapped[emb] = swapped.get(emb, 0) + 1
+    if hasattr(model, "mark_int8_inputs"):
+        model.mark_int8_inputs()
     return swapped
 
 

@@ -36,6 +36,11 @@ FUSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _qtypes(*modules) -> frozenset[str]:
+    """The quant types of the QuantLinears among `modules` (None and dense layers skipped)."""
+    return frozenset(m.qweight.qtype for m in modules if getattr(m, "qweight", None) is not None)
+
+
 class DecoderLayer(nn.Module):
     QKV_BIAS = False  # Qwen2 sets True: attn_q/k/v carry biases
 
@@ -66,13 +71,27 @@ class DecoderLayer(nn.Module):
         return q, k
 
     GELU = False  # the gated FFN's activation: silu (False) or gelu-tanh (True)
+    act_int8_for: frozenset[str] = frozenset()  # ffn_down's quant type, once mark_int8_inputs ran
+
+    def mark_int8_inputs(self) -> None:
+        """Tell each kernel that writes a projection's input which quant types read it (the QuantLinears'
+        qtypes), so it writes the int8 form exactly when one of them takes the integer-dot GEMV."""
+        self.attn_norm.int8_for = _qtypes(self.attn_qkv, self.attn_qk, self.attn_q, self.attn_k, self.attn_v)
+        self.ffn_norm.int8_for = _qtypes(self.ffn_gate_up, self.ffn_gate, self.ffn_up)
+        self.act_int8_for = _qtypes(self.ffn_down)
 
     def act_mul(self, gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
         """act(gate) * up (T, ffn); with up None, gate is the fused (T, 2 ffn) gate_up output."""
         if triton_layers(gate):  # one Triton pass (kernels/activations.py)
             from ..kernels.activations import gelu_tanh_and_mul, silu_and_mul
 
-            return (gelu_tanh_and_mul if self.GELU else silu_and_mul)(gate, up)
+            q8 = False  # also write the int8 form, when ffn_down takes the integer-dot GEMV
+            if self.act_int8_for and gate.is_cuda and gate.dim() == 2:
+                from ..kernels.quant_matmul import int8_wanted
+
+                n = gate.shape[1] // (2 if up is None else 1)
+                q8 = int8_wanted(gate.shape[0], n, gate.dtype, gate.device, self.act_int8_for)
+            return (gelu_tanh_and_mul if self.GELU else silu_and_mul)(gate, up, quantize=q8)
         if up is None:
             gate, up = gate.chunk(2, dim=-1)
         act = F.gelu(gate, approximate="tanh") if self.GELU else F.silu(gate)
@@ -132,6 +151,12 @@ class CausalLM(nn.Module):
         if c.rope_local_base is not None:  # local layers: their own base, no context-extension scaling
             ropes["local"] = RotaryEmbedding(c.rope_dim, c.rope_local_base, neox=c.rope_neox, device="cpu")
         self.rope = nn.ModuleDict(ropes)
+
+    def mark_int8_inputs(self) -> None:
+        """DecoderLayer.mark_int8_inputs for every layer, and the head's type for the final norm."""
+        for layer in self.blk:
+            layer.mark_int8_inputs()
+        self.output_norm.int8_for = _qtypes(self._modules.get("output"))
 
     def head_weight(self) -> torch.Tensor:  # (vocab, hidden)
         return self.token_embd.weight if self.config.tied_embeddings else self.output.weight

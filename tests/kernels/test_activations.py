@@ -49,3 +49,20 @@ def test_extreme_inputs_stay_finite():
     x = torch.tensor([[-100.0, 100.0, -30.0, 1.0, 1.0, 1.0]], device=DEV)
     for fn, ref in ((silu_and_mul, silu_and_mul_ref), (gelu_tanh_and_mul, gelu_tanh_and_mul_ref)):
         torch.testing.assert_close(fn(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [silu_and_mul, gelu_tanh_and_mul])
+@pytest.mark.parametrize("T,N", [(1, 96), (3, 2080)])  # 2080: the last 1024-block holds 1 group
+def test_quantize_writes_quantize_act_of_the_output(fn, T, N):
+    """quantize=True: y bit-identical to the plain kernel, the attached int8 form bit-identical to the
+    torch twin of quantize_act applied to y as stored."""
+    from rocmforge.kernels.quantize_act import attached
+    from rocmforge.kernels.reference_quant import quantize_act_ref
+
+    x = (torch.randn(T, 2 * N, generator=torch.Generator().manual_seed(N)) * 3).to(torch.bfloat16).to(DEV)
+    plain, got = fn(x), fn(x, quantize=True)
+    assert torch.equal(got, plain) and attached(plain) is None
+    for name, a, b in zip(("xq", "xd", "xs"), attached(got), quantize_act_ref(got.cpu())):
+        assert torch.equal(a.cpu(), b), name
+    with pytest.raises(ValueError, match="quantize"):
+        fn(x[:, :2 * N - 32], quantize=True)  # N - 16 columns: not a multiple of 32

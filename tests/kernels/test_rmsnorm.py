@@ -52,3 +52,29 @@ def test_strided_rows():
     x = torch.randn(4, 256, device=DEV)[:, :200]  # row stride 256
     w = torch.rand(200, device=DEV)
     torch.testing.assert_close(rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("N", [64, 96, 4096])  # 96: a power-of-two tile with a masked last group
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_res", [False, True])
+def test_quantize_writes_quantize_act_of_the_output(N, dtype, with_res):
+    """quantize=True: y (and h) bit-identical to the plain kernel, and the attached int8 form
+    bit-identical to the torch twin of quantize_act applied to y as stored."""
+    from rocmforge.kernels.quantize_act import attached
+    from rocmforge.kernels.reference_quant import quantize_act_ref
+
+    g = torch.Generator().manual_seed(N + with_res)
+    x = (torch.randn(3, N, generator=g) * 3).to(dtype).to(DEV)
+    x[1, :32] = 0  # an all-zero group
+    w = torch.randn(N, generator=g).to(DEV)
+    res = torch.randn(3, N, generator=g).to(dtype).to(DEV) if with_res else None
+    plain = rms_norm(x, w, 1e-6, residual=res)
+    got = rms_norm(x, w, 1e-6, residual=res, quantize=True)
+    if with_res:
+        assert torch.equal(got[1], plain[1])
+        got, plain = got[0], plain[0]
+    assert torch.equal(got, plain) and attached(plain) is None
+    for name, a, b in zip(("xq", "xd", "xs"), attached(got), quantize_act_ref(got.cpu())):
+        assert torch.equal(a.cpu(), b), name
+    with pytest.raises(ValueError, match="quantize"):
+        rms_norm(x[:, :N - 16], w[:N - 16], 1e-6, quantize=True)  # rows not a multiple of 32

@@ -160,6 +160,8 @@ def test_q_and_k_fuse_when_v_differs_and_the_layer_agrees(dev):
     assert quantize_linears(quant, fake, dtype=torch.float16) == {"Q5_0": 2, "Q5_1": 1}
     blk = quant.blk[0]
     assert blk.attn_qkv is None and blk.attn_q is None and isinstance(blk.attn_qk, QuantLinear)
+    # what reads each norm's output, for its int8 form (mark_int8_inputs): the FFN stayed dense here
+    assert blk.attn_norm.int8_for == {"Q5_0", "Q5_1"} and not blk.ffn_norm.int8_for and not blk.act_int8_for
     qk = torch.cat([dequantize_ref(raws[n], "Q5_0", (raws[n].shape[0], cfg.hidden_size))
                     for n in ("attn_q", "attn_k")])
     assert torch.equal(blk.attn_qk.dense_weight().cpu(), qk)
@@ -174,3 +176,42 @@ def test_q_and_k_fuse_when_v_differs_and_the_layer_agrees(dev):
             outs.append(model.blk[0].attention(x, rope, rope.prepare(pos, None, 6), meta).float())
     assert outs[0].abs().max() > 0.1  # not a vacuous comparison
     torch.testing.assert_close(outs[1], outs[0], atol=2e-2, rtol=1e-2)  # fp16 x and outputs
+
+
+def test_takes_the_int8_form_attached_to_its_input(dev, monkeypatch):
+    """An x whose norm attached quantize_act(x) (rms_norm quantize) skips the quantize launch: the
+    integer-dot GEMV reads the attached form. Shown with a form that is not x's own (of 2x)."""
+    from rocmforge.kernels import quant_matmul as qm
+    from rocmforge.kernels.quant_gemv_i8 import qgemv_i8
+    from rocmforge.kernels.quant_layouts import random_blocks, split_planes
+    from rocmforge.kernels.quantize_act import attach, quantize_act
+
+    monkeypatch.setattr(qm, "choose_path", lambda m, arch, qtype="": "gemv_i8")  # CUDA's choice at M <= 8
+    g = torch.Generator().manual_seed(5)
+    w = split_planes(random_blocks("Q4_K", 32, 256, g).to(dev), "Q4_K", 32, 256)
+    lin = QuantLinear(w, None, torch.float16)
+    x = torch.randn(2, 256, generator=g).to(dev, torch.float16)
+    assert torch.equal(lin(x), qgemv_i8(x, w))
+    assert torch.equal(lin(attach(x.clone(), quantize_act(x))), lin(x))
+    assert torch.equal(lin(attach(x.clone(), quantize_act(2 * x))), qgemv_i8(2 * x, w))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="only the CUDA integer-dot GEMV takes it")
+def test_norm_quantizes_exactly_when_a_reader_takes_the_int8_gemv():
+    """choose_path on the H200: Q4_K takes the integer-dot GEMV at 1..8 rows, Q8_0 at 2..8 (the lane
+    GEMV at 1); a norm nothing quantized reads never quantizes."""
+    from rocmforge.kernels.quantize_act import attached, quantize_act
+    from rocmforge.layers.norm import RMSNorm
+
+    norm = RMSNorm(256, 1e-6).cuda()
+    norm.weight.data.normal_()
+    cases = {frozenset(): {1: False, 4: False}, frozenset({"Q4_K"}): {1: True, 8: True, 9: False},
+             frozenset({"Q8_0"}): {1: False, 2: True, 9: False}}
+    for readers, by_rows in cases.items():
+        norm.int8_for = readers
+        for t, want in by_rows.items():
+            x = torch.randn(t, 256, device="cuda", dtype=torch.bfloat16)
+            for y in (norm(x), norm.add(x, torch.randn_like(x))[0]):
+                assert (attached(y) is not None) == want, (readers, t)
+                if want:
+                    assert all(torch.equal(a, b) for a, b in zip(attached(y), quantize_act(y)))
