@@ -28,7 +28,9 @@ from rocmforge.kernels.quant_matmul import choose_path, qgemm
 from rocmforge.kernels.quantize_act import quantize_act
 
 SHAPES = [(14336, 4096), (4096, 4096), (4096, 14336)]
-CONFIGS = [(8, 4, 1), (8, 8, 2), (16, 4, 2), (16, 8, 2), (16, 8, 4), (32, 4, 4), (32, 8, 4), (16, 16, 4)]
+# the Llama-3-8B decode GEMVs: fused gate_up, ffn_down, attn_output / q, fused q+k, k / v
+SWEEP_SHAPES = [(28672, 4096), (4096, 14336), (4096, 4096), (5120, 4096), (1024, 4096)]
+CONFIGS = [(8, 8, 2), (16, 8, 4), (8, 4, 1), (4, 8, 1), (8, 16, 2), (16, 4, 2)]  # BN, NC, warps
 
 
 def read_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -46,6 +48,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--qtypes", default="Q4_K,Q6_K,Q8_0,Q5_K,Q4_0")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-only", action="store_true", help="the sweep, not the default-config table")
+    ap.add_argument("--shapes", default=None, help="sweep shapes NxK,... (default: SWEEP_SHAPES)")
+    ap.add_argument("--configs", default=None, help="sweep configs BN/NC/warps,... (default: CONFIGS)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     dev = torch.cuda.get_device_name()
@@ -58,11 +63,21 @@ def main() -> int:
         lines += ["## i8 config sweep, M = 1, x pre-quantized", "",
                   "| qtype | N×K | BN | NC | warps | µs | GB/s | % read |",
                   "|---|---|---|---|---|---|---|---|"]
+        shapes = [tuple(map(int, t.split("x"))) for t in a.shapes.split(",")] if a.shapes else SWEEP_SHAPES
+        configs = CONFIGS
+        if a.configs:
+            configs = [tuple(map(int, t.split("/"))) for t in a.configs.split(",")]
         for qt in a.qtypes.split(","):
-            for n, k in SHAPES[:2]:
+            for n, k in shapes:
                 ws = weights(qt, n, k)
                 xq = quantize_act(torch.randn(1, k, device="cuda", dtype=torch.bfloat16))
-                for bn, nc, nw in CONFIGS:
+                x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+                t = _us(lambda x, w: qgemv(x, w), ws, x)
+                gbs = ws[0].nbytes / t / 1e3
+                lines.append(f"| {qt} | {n}×{k} | fp32-lane GEMV (default config) | | | {t:.1f} | "
+                             f"{gbs:.0f} | {gbs * 1e9 / read:.0%} |")
+                print(lines[-1], flush=True)
+                for bn, nc, nw in configs:
                     cfg = dict(BN=bn, NC=nc, num_warps=nw, num_stages=1)
                     def fn(x, w, cfg=cfg):
                         return qgemv_i8_quantized(x, w, torch.bfloat16, config=cfg)
@@ -71,7 +86,11 @@ def main() -> int:
                     lines.append(f"| {qt} | {n}×{k} | {bn} | {nc} | {nw} | {t:.1f} | {gbs:.0f} | "
                                  f"{gbs * 1e9 / read:.0%} |")
                     print(lines[-1], flush=True)
+                del ws
         lines.append("")
+        if a.sweep_only:
+            _write(lines, a.out)
+            return 0
     lines += ["## Default configs", "",
               "| qtype | N×K | M | i8 µs | i8 GB/s | % read | i8 pre-quantized µs | fp32-lane GEMV µs | "
               "GEMM BM=16 µs | dequant+cuBLAS µs | i8 speed-up vs lane / vs dequant+cuBLAS | default path |",
@@ -100,12 +119,16 @@ def main() -> int:
     lines += ["", f"quantize_act alone, 1×14336 bf16: {tq:.1f} µs per call "
                   "(graph-timed, 20 calls per replay).",
               f"Default i8 config at M=1 (Q4_K): {gemv_i8_config(current_arch(), 'Q4_K')}."]
+    _write(lines, a.out)
+    return 0
+
+
+def _write(lines: list[str], out: str | None) -> None:
     text = "\n".join(lines) + "\n"
-    if a.out:
-        with open(f"{a.out}/gemv_i8.md", "w") as f:
+    if out:
+        with open(f"{out}/gemv_i8.md", "w") as f:
             f.write(text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

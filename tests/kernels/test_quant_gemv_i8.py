@@ -102,3 +102,16 @@ def test_gemv_i8_bias_and_errors():
 def test_dp4a_equals_its_twin(qtype):
     raw, w, x = _case(qtype, 3, 48, 1024, torch.float16, seed=9)
     assert torch.equal(qgemv_i8(x, w, asm=True), qgemv_i8(x, w, asm=False))
+
+
+@pytest.mark.parametrize("qtype", QTYPE_NAMES)
+def test_gemv_i8_many_rows_config(qtype, monkeypatch):
+    """Weights with many rows per SM take BN=8 / NC=4 / 1 warp (gemv_i8_config); shown here on N = 40
+    with the threshold at 8 rows per "SM" (the interpreter counts 4), a masked tail and full tiles."""
+    from rocmforge.kernels import quant_gemv_i8
+
+    monkeypatch.setattr(quant_gemv_i8, "BIG_ROWS_PER_SM", 8)
+    assert quant_gemv_i8.gemv_i8_config(None, qtype, 1, 40 / 4)["num_warps"] == 1
+    for n, k in ((40, 512), (37, 1280)):
+        raw, w, x = _case(qtype, 1, n, k, torch.bfloat16, seed=n)
+        _check(qgemv_i8(x, w), x, raw, qtype, n)
