@@ -2,6 +2,7 @@
 # One GPU session's measurements in one device call (see benchmarks/results/*_h200.md for the last ones).
 #   bash benchmarks/device_run.sh park     call 1 of 2: leaves the first half of SmolLM2 in /tmp
 #   bash benchmarks/device_run.sh all      call 2 (right after, same warm machine), or alone without SmolLM2
+#   other modes (one call each): diag, final, load, engine, kernels (see each below)
 # Carry: .whl (the gguf wheel: pip download gguf==0.19.0 --no-deps -d .whl) and, for the SmolLM2 pair,
 # .m1 / .m2 holding `split -n 2 -d SmolLM2-135M-Instruct.Q4_1.gguf` (part00 / part01; 98 MB > 64 MiB).
 # NOTE: the device kills a call's background processes when it returns: nothing here runs detached.
@@ -15,6 +16,15 @@ if [ -f /tmp/smol.part00 ] && [ -d .m2 ]; then
 fi
 syn() { python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
 for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"; }
+bench_both() {  # $1: seconds per model; `rocmforge bench` (pp, tg, load) of the 8B (64 requests) and the 0.5B (16)
+    for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do
+        c=64; [ $m = qwen2.5-0.5b-q8_0 ] && c=16
+        timeout $1 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c $c \
+            --load-prompt 512 --load-output 256 --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err
+        echo "bench $m rc=$? at ${SECONDS}s"; python3 -c "import json; d = json.load(open('$OUT/bench_$m.json'))
+print('pp', d['pp']['runs_tok_s'], 'tg', d['tg']['runs_tok_s']); print('load', d['load'])"
+    done
+}
 if [ "${1:-all}" = diag ]; then  # the 8B only: where a prefill and a decode step go (host and GPU)
     python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e; print(e('llama-3-8b-q4_k_m', None, '/tmp/syn'))"
     echo "synthetic at ${SECONDS}s"
@@ -24,15 +34,27 @@ if [ "${1:-all}" = diag ]; then  # the 8B only: where a prefill and a decode ste
     echo "decode profile rc=$? at ${SECONDS}s"; grep -E "ms/step" $OUT/decode8.txt
     exit 0
 fi
+if [ "${1:-all}" = final ]; then  # native tests, both benches (pp, tg, load), and same-call A/B baselines
+    syn > $OUT/syn.log 2>&1 & syn_pid=$!
+    timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels/test_quant_gemv_i8.py tests/kernels/test_rmsnorm.py \
+        tests/kernels/test_activations.py tests/layers tests/engine/test_cuda_graph.py tests/engine/test_decode_ahead.py \
+        tests/engine/test_device_sampler.py tests/kernels/test_paged_decode.py > $OUT/tests.log 2>&1
+    echo "tests rc=$? at ${SECONDS}s"; tail -2 $OUT/tests.log
+    wait $syn_pid; echo "synthetic at ${SECONDS}s"
+    bench_both 200
+    for ab in "llama-3-8b-q4_k_m 0 0" "llama-3-8b-q4_k_m 1 1" "qwen2.5-0.5b-q8_0 0 0" "qwen2.5-0.5b-q8_0 1 1"; do set -- $ab
+        timeout 90 python3 benchmarks/ab_decode.py --fuse $2 --big $3 -- --synthetic $1 --synthetic-dir /tmp/syn \
+            -p 0 -c 0 -r 3 --json > $OUT/ab.json.tmp 2>> $OUT/ab.err
+        echo "ab $1 fuse=$2 big=$3 rc=$? at ${SECONDS}s: $(python3 -c "import json; print(json.load(open('$OUT/ab.json.tmp'))['tg']['runs_tok_s'])" 2>&1 | tail -1)"
+        cat $OUT/ab.json.tmp >> $OUT/ab.jsonl
+    done
+    timeout 80 python3 benchmarks/profile_decode.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf > $OUT/profile8.txt 2>&1
+    echo "profile rc=$? at ${SECONDS}s"; grep -E "ms/step" $OUT/profile8.txt
+    exit 0
+fi
 if [ "${1:-all}" = load ]; then  # bench both + where the 8B's prefill and 64-request load go
     syn; echo "synthetic files at ${SECONDS}s"
-    for m in llama-3-8b-q4_k_m qwen2.5-0.5b-q8_0; do
-        c=64; [ $m = qwen2.5-0.5b-q8_0 ] && c=16
-        timeout 170 python3 -m rocmforge bench --synthetic $m --synthetic-dir /tmp/syn -r 3 -c $c \
-            --load-prompt 512 --load-output 256 --json > $OUT/bench_$m.json 2> $OUT/bench_$m.err
-        echo "bench $m rc=$? at ${SECONDS}s"; python3 -c "import json; d = json.load(open('$OUT/bench_$m.json'))
-print('pp', d['pp']['runs_tok_s'], 'tg', d['tg']['runs_tok_s']); print('load', d['load'])"
-    done
+    bench_both 170
     timeout 60 python3 benchmarks/profile_prefill.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf \
         > $OUT/prefill8.txt 2>&1; echo "prefill profile rc=$? at ${SECONDS}s"; grep -E "^prefill|^forward" $OUT/prefill8.txt
     timeout 120 python3 benchmarks/profile_load.py /tmp/syn/llama-3-8b-q4_k_m-L32.gguf > $OUT/load8.txt 2>&1
