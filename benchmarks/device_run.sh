@@ -2,7 +2,7 @@
 # One GPU session's measurements in one device call (see benchmarks/results/*_h200.md for the last ones).
 #   bash benchmarks/device_run.sh park     call 1 of 2: leaves the first half of SmolLM2 in /tmp
 #   bash benchmarks/device_run.sh all      call 2 (right after, same warm machine), or alone without SmolLM2
-#   other modes (one call each): diag, final, load, engine, kernels (see each below)
+#   other modes (one call each): diag, final, load, engine, kernels; gen (call 2 after park)
 # Carry: .whl (the gguf wheel: pip download gguf==0.19.0 --no-deps -d .whl) and, for the SmolLM2 pair,
 # .m1 / .m2 holding `split -n 2 -d SmolLM2-135M-Instruct.Q4_1.gguf` (part00 / part01; 98 MB > 64 MiB).
 # NOTE: the device kills a call's background processes when it returns: nothing here runs detached.
@@ -13,6 +13,10 @@ if [ "${1:-all}" = park ]; then cp .m1/smol.part00 /tmp/smol.part00 && echo "par
 export ROCMFORGE_CACHE=/tmp/rfcache; mkdir -p $ROCMFORGE_CACHE/models
 if [ -f /tmp/smol.part00 ] && [ -d .m2 ]; then
     cat /tmp/smol.part00 .m2/smol.part01 > $ROCMFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
+fi
+if [ "${1:-all}" = gen ]; then  # call 2 after park: SmolLM2's GPU text against the CPU path
+    timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu_generate.py > $OUT/gen.log 2>&1
+    echo "gen rc=$?"; grep -E "agree|passed|failed" $OUT/gen.log | tail -12; exit 0
 fi
 syn() { python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
 for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"; }
