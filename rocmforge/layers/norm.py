@@ -49,8 +49,6 @@ class RMSNorm(nn.Module):
         h = x + residual
         return self(h), h
 
-
-
     def _quantize(self, x: torch.Tensor) -> bool:
         """Whether the kernel should also write x's norm as int8: a projection reading it takes the
         integer-dot GEMV at this row count (quant_matmul.int8_wanted)."""
