@@ -64,107 +64,79 @@ def _ld(ptr, mask, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _fetch(q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, stride_q, stride_h, stride_d, stride_sc,
-           rows2, g2, mask2, mask3, QTYPE: tl.constexpr, EVEN: tl.constexpr):
-    """The loads of chunks g2 (1, NC) of rows rows2 (BN, 1), all issued before any arithmetic on
-    them: (wa, wb, ha, hb) (BN, NC, 4) quant / high-bit words, (s0, s1, s2) (BN, NC) scale words,
-    dq, dm (BN, NC) the fp16 scale / min (or bias). A slot the format does not use holds a zero."""
+def _decode(q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, stride_q, stride_h, stride_d, stride_sc,
+            rows2, g2, mask2, mask3, QTYPE: tl.constexpr, EVEN: tl.constexpr):
+    """Chunks g2 (1, NC) of rows rows2 (BN, 1) -> (lo_a, lo_b, hi_a, hi_b) (BN, NC, 4) byte words
+    (_b: the chunk's second 4 words, 8-word chunks only), e_lo, e_hi (1, NC) first element of each
+    plane, and S_lo, S_hi, B_lo, B_hi (BN, NC) fp32."""
     rows3 = rows2[:, :, None]
     g3 = g2[:, :, None]
     j = tl.arange(0, 4)[None, None, :]
-    z = tl.zeros((1, 1), tl.int32)
-    z3 = tl.zeros((1, 1, 1), tl.int32)
+    LO: tl.constexpr = 0x0F0F0F0F
     if QTYPE == 8 or QTYPE == 12 or QTYPE == 13:
         wa = _ld(q_ptr + rows3 * stride_q + 8 * g3 + j, mask3, EVEN)
         wb = _ld(q_ptr + rows3 * stride_q + 8 * g3 + 4 + j, mask3, EVEN)
     else:
         wa = _ld(q_ptr + rows3 * stride_q + 4 * g3 + j, mask3, EVEN)
-        wb = z3
-    ha, hb, s0, s1, s2, dm = z3, z3, z, z, z, z
-    if QTYPE == 8:  # Q8_0
-        dq = _ld(d_ptr + rows2 * stride_d + g2, mask2, EVEN)
-    elif QTYPE == 12 or QTYPE == 13:  # Q4_K / Q5_K
-        sb = g2 >> 2
-        if QTYPE == 13:  # the superblock's 8 qh words
-            hrow = h_ptr + rows3 * stride_h + 8 * (g3 >> 2) + j
-            ha = _ld(hrow, mask3, EVEN)
-            hb = _ld(hrow + 4, mask3, EVEN)
-        base = sc_ptr + rows2 * stride_sc + 3 * sb
-        s0, s1, s2 = _ld(base, mask2, EVEN), _ld(base + 1, mask2, EVEN), _ld(base + 2, mask2, EVEN)
-        dq = _ld(d_ptr + rows2 * stride_d + sb, mask2, EVEN)
-        dm = _ld(m_ptr + rows2 * stride_d + sb, mask2, EVEN)
-    elif QTYPE == 14:  # Q6_K: chunk g = (superblock sb, half hh, quarter u)
-        sb = g2 >> 3
-        hh = (g2 >> 2) & 1
-        u = g2 & 3
-        ha = _ld(h_ptr + rows3 * stride_h + (16 * sb + 8 * hh + 4 * (u & 1))[:, :, None] + j, mask3, EVEN)
-        s_idx = rows2 * stride_sc + 16 * sb + 8 * hh + u
-        s0 = _ld(sc_ptr + s_idx, mask2, EVEN).to(tl.int32)
-        s1 = _ld(sc_ptr + s_idx + 4, mask2, EVEN).to(tl.int32)
-        dq = _ld(d_ptr + rows2 * stride_d + sb, mask2, EVEN)
-    else:  # 32-blocks: chunk = block g2
-        if QTYPE == 6 or QTYPE == 7:  # Q5_0 / Q5_1: the block's qh word
-            ha = _ld(h_ptr + rows3 * stride_h + g3, mask3, EVEN)  # (BN, NC, 1)
-        if QTYPE == 3 or QTYPE == 7:
-            dm = _ld(m_ptr + rows2 * stride_d + g2, mask2, EVEN)
-        dq = _ld(d_ptr + rows2 * stride_d + g2, mask2, EVEN)
-    return wa, wb, ha, hb, s0, s1, s2, dq, dm
-
-
-@triton.jit
-def _decode(wa, wb, ha, hb, s0, s1, s2, dq, dm, g2, QTYPE: tl.constexpr):
-    """_fetch's words of chunks g2 (1, NC) -> (lo_a, lo_b, hi_a, hi_b) (BN, NC, 4) byte words (_b:
-    the chunk's second 4 words, 8-word chunks only), e_lo, e_hi (1, NC) first element of each plane,
-    and S_lo, S_hi, B_lo, B_hi (BN, NC) fp32."""
-    j = tl.arange(0, 4)[None, None, :]
-    LO: tl.constexpr = 0x0F0F0F0F
-    d = dq.to(tl.float32)
+        wb = wa
+    zero = tl.zeros(g2.shape, tl.float32) + tl.zeros(rows2.shape, tl.float32)  # (BN, NC)
     if QTYPE == 8:  # Q8_0: int8 as they are
-        zero = tl.zeros(d.shape, tl.float32)
+        d = _ld(d_ptr + rows2 * stride_d + g2, mask2, EVEN).to(tl.float32)
         return wa, wb, wa, wb, 32 * g2, 32 * g2, d, zero, zero, zero
     if QTYPE == 12 or QTYPE == 13:  # Q4_K / Q5_K
         lo_a, lo_b = wa & LO, wb & LO
         hi_a, hi_b = (wa >> 4) & LO, (wb >> 4) & LO
+        sb = g2 >> 2
         c = g2 & 3
-        if QTYPE == 13:  # element i's bits 2c / 2c+1 in qh byte i
+        if QTYPE == 13:  # the superblock's 8 qh words; element i's bits 2c / 2c+1 in qh byte i
+            hrow = h_ptr + rows3 * stride_h + 8 * (g3 >> 2) + j
+            qa = _ld(hrow, mask3, EVEN)
+            qb = _ld(hrow + 4, mask3, EVEN)
             c3 = (2 * c)[:, :, None]
-            lo_a |= ((ha >> c3) << 4) & 0x10101010
-            lo_b |= ((hb >> c3) << 4) & 0x10101010
-            hi_a |= ((ha >> (c3 + 1)) << 4) & 0x10101010
-            hi_b |= ((hb >> (c3 + 1)) << 4) & 0x10101010
+            lo_a |= ((qa >> c3) << 4) & 0x10101010
+            lo_b |= ((qb >> c3) << 4) & 0x10101010
+            hi_a |= ((qa >> (c3 + 1)) << 4) & 0x10101010
+            hi_b |= ((qb >> (c3 + 1)) << 4) & 0x10101010
         # 6-bit scale / min of sub-blocks 2c, 2c+1 from the 3 packed words W0 W1 W2 (ggml
         # get_scale_min_k4): bytes 2c, 2c+1 of W0 / W1 for c < 2; else W2's nibbles + 2 bits of W0 / W1
+        base = sc_ptr + rows2 * stride_sc + 3 * sb
         t = 16 * (c & 1)
-        a = s0 >> t
-        b = s1 >> t
-        w2 = s2 >> t
+        a = _ld(base, mask2, EVEN) >> t
+        b = _ld(base + 1, mask2, EVEN) >> t
+        w2 = _ld(base + 2, mask2, EVEN) >> t
         up = c >= 2
         sc0 = tl.where(up, (w2 & 15) | ((a >> 2) & 48), a & 63)
         mn0 = tl.where(up, ((w2 >> 4) & 15) | ((b >> 2) & 48), b & 63)
         sc1 = tl.where(up, ((w2 >> 8) & 15) | ((a >> 10) & 48), (a >> 8) & 63)
         mn1 = tl.where(up, ((w2 >> 12) & 15) | ((b >> 10) & 48), (b >> 8) & 63)
-        dmin = dm.to(tl.float32)
+        d = _ld(d_ptr + rows2 * stride_d + sb, mask2, EVEN).to(tl.float32)
+        dmin = _ld(m_ptr + rows2 * stride_d + sb, mask2, EVEN).to(tl.float32)
         return (lo_a, lo_b, hi_a, hi_b, 64 * g2, 64 * g2 + 32, d * sc0.to(tl.float32),
                 d * sc1.to(tl.float32), -(dmin * mn0.to(tl.float32)), -(dmin * mn1.to(tl.float32)))
-    if QTYPE == 14:  # Q6_K: 2 high bits from qh at shift 2·(u // 2) / +4; int8 scales (as bytes)
+    if QTYPE == 14:  # Q6_K: chunk g = (superblock sb, half hh, quarter u)
         sb = g2 >> 3
         hh = (g2 >> 2) & 1
         u = g2 & 3
+        qh = _ld(h_ptr + rows3 * stride_h + (16 * sb + 8 * hh + 4 * (u & 1))[:, :, None] + j, mask3, EVEN)
         s3 = (2 * (u >> 1))[:, :, None]
-        lo = (wa & LO) | (((ha >> s3) & 0x03030303) << 4)
-        hi = ((wa >> 4) & LO) | (((ha >> (s3 + 4)) & 0x03030303) << 4)
-        s_lo = d * ((s0 << 24) >> 24).to(tl.float32)
-        s_hi = d * ((s1 << 24) >> 24).to(tl.float32)
+        lo = (wa & LO) | (((qh >> s3) & 0x03030303) << 4)
+        hi = ((wa >> 4) & LO) | (((qh >> (s3 + 4)) & 0x03030303) << 4)
+        s_idx = rows2 * stride_sc + 16 * sb + 8 * hh + u
+        d = _ld(d_ptr + rows2 * stride_d + sb, mask2, EVEN).to(tl.float32)
+        s_lo = d * _ld(sc_ptr + s_idx, mask2, EVEN).to(tl.int8, bitcast=True).to(tl.float32)
+        s_hi = d * _ld(sc_ptr + s_idx + 4, mask2, EVEN).to(tl.int8, bitcast=True).to(tl.float32)
         e_lo = 256 * sb + 128 * hh + 16 * u
         return lo, lo, hi, hi, e_lo, e_lo + 64, s_lo, s_hi, -32.0 * s_lo, -32.0 * s_hi
     # 32-blocks: chunk = block g2
     lo = wa & LO
     hi = (wa >> 4) & LO
     if QTYPE == 6 or QTYPE == 7:  # Q5_0 / Q5_1: bit j of the block's qh word -> element j
-        lo |= _spread4(ha >> (4 * j))
-        hi |= _spread4(ha >> (16 + 4 * j))
+        qhv = _ld(h_ptr + rows3 * stride_h + g3, mask3, EVEN)  # (BN, NC, 1)
+        lo |= _spread4(qhv >> (4 * j))
+        hi |= _spread4(qhv >> (16 + 4 * j))
+    d = _ld(d_ptr + rows2 * stride_d + g2, mask2, EVEN).to(tl.float32)
     if QTYPE == 3 or QTYPE == 7:
-        bias = dm.to(tl.float32) + tl.zeros(d.shape, tl.float32)
+        bias = _ld(m_ptr + rows2 * stride_d + g2, mask2, EVEN).to(tl.float32)
     else:
         bias = (-8.0 if QTYPE == 2 else -16.0) * d
     return lo, lo, hi, hi, 32 * g2, 32 * g2 + 16, d, d, bias, bias
@@ -187,44 +159,6 @@ def _plane(xq_row, xd_row, xs_row, w_a, w_b, e, s, bias, mask_e, mask_x,
 
 
 @triton.jit
-def _masks(g0, g_hi, mask_n, NC: tl.constexpr):
-    """Step g0's chunks g2 (1, NC) and masks: chunk (1, NC), weights (BN, NC) / (BN, NC, 1)."""
-    g2 = g0 + tl.arange(0, NC)[None, :]
-    mask_c = g2 < g_hi
-    mask2 = mask_n[:, None] & mask_c
-    return g2, mask_c, mask2, mask2[:, :, None]
-
-
-@triton.jit
-def _step(acc, acc_m, wa, wb, ha, hb, s0, s1, s2, dq, dm, g0, g_hi, mask_n, offs_m, M,
-          xq_ptr, xd_ptr, xs_ptr, stride_xq, stride_xd, stride_xs,
-          QTYPE: tl.constexpr, NC: tl.constexpr, BM: tl.constexpr, ASM: tl.constexpr, EVEN_X: tl.constexpr):
-    """One step's contribution from _fetch's words of chunks [g0, g0 + NC): acc (BN, NC) when BM == 1,
-    else acc_m (BM, BN)."""
-    TWO: tl.constexpr = QTYPE == 8 or QTYPE == 12 or QTYPE == 13
-    HAS_HI: tl.constexpr = QTYPE != 8
-    g2, mask_c, mask2, mask3 = _masks(g0, g_hi, mask_n, NC)
-    mask_x = (mask_c[:, :, None]) & (tl.arange(0, 4)[None, None, :] < 4)  # (1, NC, 4)
-    lo_a, lo_b, hi_a, hi_b, e_lo, e_hi, s_lo, s_hi, b_lo, b_hi = _decode(wa, wb, ha, hb, s0, s1, s2, dq, dm,
-                                                                        g2, QTYPE)
-    for mi in tl.static_range(BM):
-        xq_row = xq_ptr + mi * stride_xq
-        xd_row = xd_ptr + mi * stride_xd
-        xs_row = xs_ptr + mi * stride_xs
-        # NOTE: a tensor compare: a scalar one breaks the interpreter's mask
-        me = mask_c & (g2 * 0 + mi < M)
-        mx = mask_x & me[:, :, None]
-        c = _plane(xq_row, xd_row, xs_row, lo_a, lo_b, e_lo, s_lo, b_lo, me, mx, TWO, ASM, EVEN_X)
-        if HAS_HI:
-            c += _plane(xq_row, xd_row, xs_row, hi_a, hi_b, e_hi, s_hi, b_hi, me, mx, TWO, ASM, EVEN_X)
-        if BM == 1:
-            acc += c
-        else:
-            acc_m += tl.where(offs_m[:, None] == mi, tl.sum(c, axis=1)[None, :], 0.0)
-    return acc, acc_m
-
-
-@triton.jit
 def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, out_ptr, part_ptr, cnt_ptr,
                      b_ptr, M, N, n_chunks, chunks_per_split, stride_xq, stride_xd, stride_xs, stride_om,
                      stride_q, stride_h, stride_d, stride_sc,
@@ -237,6 +171,8 @@ def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr,
     EVEN: N % BN == 0 and every split is a whole number of steps, so weight loads need no mask.
     NOTE: issuing the next step's loads before this step's compute (register prefetch) measured no
     faster on the H200 (Q4_K 28672x4096 31.4 vs 29.9 us at BN=8 / NC=4 / 1 warp): not done."""
+    TWO: tl.constexpr = QTYPE == 8 or QTYPE == 12 or QTYPE == 13
+    HAS_HI: tl.constexpr = QTYPE != 8
     EVEN_X: tl.constexpr = EVEN and BM == 1  # rows of x past M are masked whenever BM > 1
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     mask_n = offs_n < N
@@ -247,13 +183,28 @@ def _qgemv_i8_kernel(xq_ptr, xd_ptr, xs_ptr, q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr,
     acc = tl.zeros((BN, NC), dtype=tl.float32)  # BM == 1: per-(row, chunk) partial sums
     acc_m = tl.zeros((BM, BN), dtype=tl.float32)  # BM > 1: per-step reduced sums
     for g0 in range(g_lo, g_hi, NC):
-        g2, mask_c, mask2, mask3 = _masks(g0, g_hi, mask_n, NC)
-        wa, wb, ha, hb, s0, s1, s2, dq, dm = _fetch(
+        g2 = g0 + tl.arange(0, NC)[None, :]  # (1, NC) chunk in the row
+        mask_c = g2 < g_hi
+        mask2 = mask_n[:, None] & mask_c  # (BN, NC)
+        mask3 = mask2[:, :, None]  # (BN, NC, 1)
+        mask_x = (mask_c[:, :, None]) & (tl.arange(0, 4)[None, None, :] < 4)  # (1, NC, 4)
+        lo_a, lo_b, hi_a, hi_b, e_lo, e_hi, s_lo, s_hi, b_lo, b_hi = _decode(
             q_ptr, h_ptr, d_ptr, m_ptr, sc_ptr, stride_q, stride_h, stride_d, stride_sc,
             rows2, g2, mask2, mask3, QTYPE, EVEN)
-        acc, acc_m = _step(
-            acc, acc_m, wa, wb, ha, hb, s0, s1, s2, dq, dm, g0, g_hi, mask_n, offs_m, M,
-            xq_ptr, xd_ptr, xs_ptr, stride_xq, stride_xd, stride_xs, QTYPE, NC, BM, ASM, EVEN_X)
+        for mi in tl.static_range(BM):
+            xq_row = xq_ptr + mi * stride_xq
+            xd_row = xd_ptr + mi * stride_xd
+            xs_row = xs_ptr + mi * stride_xs
+            # NOTE: a tensor compare: a scalar one breaks the interpreter's mask
+            me = mask_c & (g2 * 0 + mi < M)
+            mx = mask_x & me[:, :, None]
+            c = _plane(xq_row, xd_row, xs_row, lo_a, lo_b, e_lo, s_lo, b_lo, me, mx, TWO, ASM, EVEN_X)
+            if HAS_HI:
+                c += _plane(xq_row, xd_row, xs_row, hi_a, hi_b, e_hi, s_hi, b_hi, me, mx, TWO, ASM, EVEN_X)
+            if BM == 1:
+                acc += c
+            else:
+                acc_m += tl.where(offs_m[:, None] == mi, tl.sum(c, axis=1)[None, :], 0.0)
     if BM == 1:
         acc_m = tl.sum(acc, axis=1)[None, :]  # (1, BN)
     store_rows(acc_m, out_ptr, part_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, SPLIT, HAS_BIAS)
