@@ -43,8 +43,7 @@ def _gated_act_kernel(
     if QUANT:  # y as stored -> int8 groups of 32 (BLOCK is a multiple of 32, N too)
         G: tl.constexpr = BLOCK // 32
         offs_g = tl.program_id(1) * G + tl.arange(0, G)
-        store_groups(tl.reshape(y.to(tl.float32), (G, 32)), offs_g, offs_g < N // 32, xq_ptr + row * N,
-                     xd_ptr + row * (N // 32), xs_ptr + row * (N // 16), DIV_RN)
+        store_groups(tl.reshape(y.to(tl.float32), (G, 32)), offs_g, N, row, xq_ptr, xd_ptr, xs_ptr, DIV_RN)
 
 
 def act_config(arch: Arch, n: int) -> dict:

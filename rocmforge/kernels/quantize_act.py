@@ -48,12 +48,17 @@ def _quantize_groups(x, DIV_RN: tl.constexpr):
 
 
 @triton.jit
-def store_groups(x, offs_g, mask_g, xq_row, xd_row, xs_row, DIV_RN: tl.constexpr):
-    """Quantize x (G, 32) fp32, groups offs_g (G,) of one row, into that row's xq / xd / xs."""
+def store_groups(x, offs_g, K, row, xq_ptr, xd_ptr, xs_ptr, DIV_RN: tl.constexpr):
+    """Quantize x (G, 32) fp32, groups offs_g (G,) of row `row` of a (M, K) activation, into xq / xd /
+    xs (groups at or past K / 32 are not stored)."""
     q, d, hs = _quantize_groups(x, DIV_RN)
-    tl.store(xq_row + offs_g[:, None] * 32 + tl.arange(0, 32)[None, :], q.to(tl.int8), mask=mask_g[:, None])
-    tl.store(xd_row + offs_g, d, mask=mask_g)
-    tl.store(xs_row + offs_g[:, None] * 2 + tl.arange(0, 2)[None, :], hs, mask=mask_g[:, None])
+    mask_g = offs_g < K // 32
+    r = row.to(tl.int64)
+    tl.store(xq_ptr + r * K + offs_g[:, None] * 32 + tl.arange(0, 32)[None, :], q.to(tl.int8),
+             mask=mask_g[:, None])
+    tl.store(xd_ptr + r * (K // 32) + offs_g, d, mask=mask_g)
+    tl.store(xs_ptr + r * (K // 16) + offs_g[:, None] * 2 + tl.arange(0, 2)[None, :], hs,
+             mask=mask_g[:, None])
 
 
 @triton.jit
@@ -65,8 +70,7 @@ def _quantize_act_kernel(x_ptr, xq_ptr, xd_ptr, xs_ptr, K, stride_xm, BG: tl.con
     mask_g = offs_g < K // 32
     offs_k = offs_g[:, None] * 32 + tl.arange(0, 32)[None, :]  # (BG, 32)
     x = tl.load(x_ptr + m * stride_xm + offs_k, mask=mask_g[:, None], other=0.0).to(tl.float32)
-    store_groups(x, offs_g, mask_g, xq_ptr + m.to(tl.int64) * K, xd_ptr + m * (K // 32),
-                 xs_ptr + m * (K // 16), DIV_RN)
+    store_groups(x, offs_g, K, m, xq_ptr, xd_ptr, xs_ptr, DIV_RN)
 
 
 def act_config(arch: Arch) -> dict:

@@ -52,9 +52,8 @@ def _rms_norm_kernel(
         tl.store(y_ptr + row * stride_y + offs, y, mask=mask)
         if QUANT:  # y as stored -> int8 groups of 32 (masked lanes are 0: whole groups past N)
             G: tl.constexpr = BLOCK // 32
-            offs_g = tl.arange(0, G)
-            store_groups(tl.reshape(y.to(tl.float32), (G, 32)), offs_g, offs_g < N // 32, xq_ptr + row * N,
-                         xd_ptr + row * (N // 32), xs_ptr + row * (N // 16), DIV_RN)
+            store_groups(tl.reshape(y.to(tl.float32), (G, 32)), tl.arange(0, G), N, row, xq_ptr, xd_ptr,
+                         xs_ptr, DIV_RN)
     else:
         sq = tl.zeros([BLOCK], tl.float32)
         for n0 in range(0, N, BLOCK):
