@@ -37,6 +37,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="GPU: fraction of device memory for weights + activations + KV cache")
     p.add_argument("--enforce-eager", action="store_true", help="GPU: run decode eagerly (no CUDA graphs)")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoding together (64)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="a request's tokens do not depend on what else runs (decode costs max-num-seqs rows)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8", "fp8_e4m3"),
                    help="KV cache storage: the model's dtype (auto) or fp8 e4m3 (half of bf16's bytes)")
     p.add_argument("-v", "--verbose", action="store_true", help="log the device and print speed to stderr")
@@ -112,7 +115,8 @@ def _llm(a: argparse.Namespace):
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     return LLM(a.model, device=a.device, max_model_len=a.max_model_len,
                gpu_memory_utilization=a.gpu_memory_utilization, tensor_parallel_size=a.tensor_parallel_size,
-               enforce_eager=a.enforce_eager, kv_cache_dtype=a.kv_cache_dtype)
+               enforce_eager=a.enforce_eager, kv_cache_dtype=a.kv_cache_dtype, max_num_seqs=a.max_num_seqs,
+               batch_invariant=a.batch_invariant)
 
 
 def _stream(llm, chunks, verbose: bool) -> str:

@@ -75,6 +75,8 @@ class LLM:
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
         kv_cache_dtype: str = "auto",
+        max_num_seqs: int = 64,
+        batch_invariant: bool = False,
     ):
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
@@ -101,9 +103,12 @@ class LLM:
             torch.cuda.empty_cache()  # the dense weights just dropped
         if kv_cache_tokens is None:
             kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
-        # enforce_eager (vLLM's name): no CUDA graphs for decode (engine/cuda_graph.py)
+        # enforce_eager (vLLM's name): no CUDA graphs for decode (engine/cuda_graph.py); batch_invariant:
+        # a request's tokens do not depend on the batch it runs in (EngineConfig.batch_invariant; each
+        # decode step then costs a step of max_num_seqs rows: set max_num_seqs to the concurrency needed)
         econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens,
-                             kv_cache_dtype=self.kv_dtype, cuda_graphs=not enforce_eager)  # fmt: skip
+                             kv_cache_dtype=self.kv_dtype, cuda_graphs=not enforce_eager,
+                             max_num_seqs=max_num_seqs, batch_invariant=batch_invariant)  # fmt: skip
         self.engine = LLMEngine(self.model, tok, cfg, econf, device=self.device, dtype=self.dtype, seed=seed)
         self.last_output: RequestOutput | None = None  # set by stream() when a stream completes
 

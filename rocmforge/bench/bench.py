@@ -48,6 +48,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--load-prompt", type=int, default=128, help="load test prompt tokens per request")
     b.add_argument("--load-output", type=int, default=128, help="load test output tokens per request")
     b.add_argument("--enforce-eager", action="store_true", help="GPU: no CUDA graphs for decode")
+    b.add_argument("--batch-invariant", action="store_true",
+                   help="the engine's batch-invariant mode (max_num_seqs = the load test's concurrency)")
     b.add_argument("--baseline", choices=("none", "hf"), default="none", help="hf: HF transformers too")
     b.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer (1024 GPU, 128 CPU)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -118,7 +120,8 @@ def run(a: argparse.Namespace) -> dict:
     max_len, kv_tokens = cache_sizes(cfg, ModelConfig.from_gguf(f).context_length)
     t0 = time.perf_counter()
     llm = LLM(str(path), device=str(device), max_model_len=max_len, kv_cache_tokens=kv_tokens,
-              enforce_eager=a.enforce_eager)
+              enforce_eager=a.enforce_eager, batch_invariant=a.batch_invariant,
+              max_num_seqs=max(1, a.concurrency) if a.batch_invariant else 64)
     load_s = time.perf_counter() - t0
     c = llm.model_config
     out: dict = {

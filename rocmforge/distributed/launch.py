@@ -94,7 +94,8 @@ class TensorParallelLLM(LLM):
                  kv_cache_tokens: int | None = None, attention_backend: str | None = None,
                  gpu_memory_utilization: float = 0.9, quantized_weights: bool | None = None,
                  timeout_s: float = 600.0, enforce_eager: bool = True,
-                 kv_cache_dtype: str = "auto"):  # fmt: skip
+                 kv_cache_dtype: str = "auto", max_num_seqs: int = 64,
+                 batch_invariant: bool = False):  # fmt: skip
         # NOTE: always eager (enforce_eager is accepted for LLM's signature): see cuda_graphs=False below
         world = int(tensor_parallel_size)
         if world < 1:
@@ -105,6 +106,8 @@ class TensorParallelLLM(LLM):
         dev = resolve_device(device)
         attention_backend = attention_backend or ("torch" if dev.type == "cpu" else "triton")
         self.dtype = dtype or (torch.float32 if dev.type == "cpu" else torch.bfloat16)
+        if batch_invariant:
+            raise ValueError("batch_invariant runs on one device: use it with tensor_parallel_size=1")
         if kv_cache_dtype != "auto":
             raise ValueError("tensor parallelism keeps the KV cache in the model's dtype: "
                              "use kv_cache_dtype='auto' with tensor_parallel_size > 1")
@@ -139,8 +142,9 @@ class TensorParallelLLM(LLM):
                     cfg.num_heads, plan.num_kv_heads, cfg.num_kv_heads)  # fmt: skip
         if kv_cache_tokens is None:
             kv_cache_tokens = self._kv_tokens(max_model_len, gpu_memory_utilization)
+        # NOTE: no graphs: rank 0's proxy broadcasts each step from the host
         econf = EngineConfig(max_model_len=max_model_len, kv_cache_tokens=kv_cache_tokens,
-                             cuda_graphs=False)  # NOTE: rank 0's proxy broadcasts each step from the host
+                             max_num_seqs=max_num_seqs, cuda_graphs=False)
         self.engine = TPEngine(self.model, self.tokenizer, self.model_config, econf, device=self.device,
                                dtype=self.dtype, seed=seed)  # fmt: skip
         self.last_output: RequestOutput | None = None

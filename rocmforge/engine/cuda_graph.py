@@ -67,10 +67,11 @@ class DecodeGraphs:
     """Static decode buffers and the graphs captured over them (see the module docstring)."""
 
     def __init__(self, model, kv_caches, *, max_num_seqs: int, max_model_len: int, block_size: int,
-                 device: torch.device):  # fmt: skip
+                 device: torch.device, one_bucket: bool = False):  # fmt: skip
+        """one_bucket: capture only max_num_seqs (batch-invariant decode: every step the same shapes)."""
         self.model, self.kv_caches, self.device = model, kv_caches, torch.device(device)
         self.block_size, self.max_model_len = block_size, max_model_len
-        self.buckets = batch_buckets(max_num_seqs)
+        self.buckets = (max_num_seqs,) if one_bucket else batch_buckets(max_num_seqs)
         self.width = -(-max_model_len // block_size)  # block table columns
         n = self.buckets[-1]
         # staging rows in pinned memory: ids | positions | slots | seq_lens, and the block tables

@@ -22,6 +22,7 @@ the sampler's default generator. The draws differ from the CPU path's torch.mult
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..kernels.sampling import apply_penalties, apply_top_k_top_p_min_p, sample_gumbel
 from .sampler import Draw, SampleResult, SamplingRow
@@ -52,8 +53,10 @@ def _row_params(rows: list[SamplingRow]) -> torch.Tensor:
 
 
 def draw_on_device(logits: torch.Tensor, rows: list[SamplingRow],
-                   default_generator: torch.Generator) -> Draw:  # fmt: skip
-    """logits (S, V) raw model outputs on the device, one row per entry of `rows`."""
+                   default_generator: torch.Generator, by_row: bool = False) -> Draw:  # fmt: skip
+    """logits (S, V) raw model outputs on the device, one row per entry of `rows`; by_row: logprobs
+    from each row on its own (batch-invariant mode: torch's batched log_softmax may round a row
+    differently with other rows beside it)."""
     S, V = logits.shape
     dev = logits.device
     raw = logits.float()
@@ -63,7 +66,7 @@ def draw_on_device(logits: torch.Tensor, rows: list[SamplingRow],
     banned = [(r, t) for r, row in enumerate(rows) for t in row.banned_ids]
     greedy = all(p.greedy for p in sp)
     if greedy and not penalized and not banned:  # the common decode batch: one argmax
-        return _drawn(raw.argmax(dim=-1), raw, rows)
+        return _drawn(raw.argmax(dim=-1), raw, rows, by_row)
     z = raw.clone() if raw is logits else raw  # the raw logits stay for logprobs
     table = _row_params(rows).to(dev, torch.float32, non_blocking=True)  # (7, S)
     temp, top_k, top_p, min_p, rep, freq, pres = table
@@ -75,7 +78,7 @@ def draw_on_device(logits: torch.Tensor, rows: list[SamplingRow],
         idx = torch.tensor(banned, dtype=torch.int64).T.to(dev, non_blocking=True)  # (2, nb)
         z[idx[0], idx[1]] = float("-inf")
     if greedy:  # argmax (first index on ties, as the Gumbel kernel at T = 0)
-        return _drawn(z.argmax(dim=-1), raw, rows)
+        return _drawn(z.argmax(dim=-1), raw, rows, by_row)
     z = apply_top_k_top_p_min_p(z / torch.where(temp > 0, temp, 1.0)[:, None], top_k.long(), top_p, min_p)
     seeds = [r.generator.initial_seed() if r.generator is not None
              else int(torch.randint(0, 1 << 62, (), generator=default_generator)) for r in rows]  # fmt: skip
@@ -83,10 +86,10 @@ def draw_on_device(logits: torch.Tensor, rows: list[SamplingRow],
     keys = torch.tensor([seeds, offsets], dtype=torch.int64).to(dev, non_blocking=True)  # (2, S)
     # NOTE: z is already divided by T; the kernel divides by its temperatures, so give it 1 (or 0: greedy)
     tokens = sample_gumbel(z.contiguous(), (temp > 0).float(), keys[0].contiguous(), keys[1].contiguous())
-    return _drawn(tokens, raw, rows)
+    return _drawn(tokens, raw, rows, by_row)
 
 
-def _drawn(tokens: torch.Tensor, raw: torch.Tensor, rows: list[SamplingRow]) -> Draw:
+def _drawn(tokens: torch.Tensor, raw: torch.Tensor, rows: list[SamplingRow], by_row: bool = False) -> Draw:
     """Token ids (S,) and, where asked, logprobs of the raw logits (S, V), as a Draw: every read of
     the logits is enqueued here, so the caller may run the next forward (which overwrites a graph's
     logits) before reading the result; on CUDA the ids come back through pinned memory and an event
@@ -96,9 +99,18 @@ def _drawn(tokens: torch.Tensor, raw: torch.Tensor, rows: list[SamplingRow]) -> 
     tokens = tokens.to(torch.int64)
     parts = [tokens]
     if any(k is not None for k in want):
-        lp = torch.log_softmax(raw, dim=-1)  # (S, V)
-        kmax = max(k for k in want if k is not None)
-        top_v, top_i = torch.topk(lp, min(max(kmax, 1), V), dim=-1)  # (S, kmax)
+        kmax = min(max(max(k for k in want if k is not None), 1), V)
+        if by_row:  # each row as if alone: its own log_softmax and top-k of its own k (bf16 logits tie
+            # often, and torch.topk's pick among tied values depends on k)
+            lps = [torch.log_softmax(raw[i:i + 1], dim=-1) for i in range(S)]  # (1, V) each
+            tops = [torch.topk(x, min(max(k or 1, 1), V), dim=-1) for x, k in zip(lps, want)]
+            lp = torch.cat(lps)  # (S, V)
+            pad = [(0, kmax - t.values.shape[1]) for t in tops]
+            top_v = torch.cat([F.pad(t.values, p, value=float("-inf")) for t, p in zip(tops, pad)])
+            top_i = torch.cat([F.pad(t.indices, p) for t, p in zip(tops, pad)])  # (S, kmax)
+        else:
+            lp = torch.log_softmax(raw, dim=-1)  # (S, V)
+            top_v, top_i = torch.topk(lp, kmax, dim=-1)  # (S, kmax)
         parts += [top_v, top_i, lp.gather(1, tokens[:, None])[:, 0]]  # chosen (S,)
     host, ready = parts, None
     if tokens.device.type == "cuda":

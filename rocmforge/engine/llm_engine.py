@@ -53,6 +53,11 @@ class EngineConfig:
     kv_cache_dtype: torch.dtype | None = None  # None: the model's dtype (cache/kv_cache.resolve_kv_dtype)
     cuda_graphs: bool = True  # graph-captured decode on a GPU (engine/cuda_graph.py); False: always eager
     decode_ahead: bool = True  # with graphs: launch the next decode step before reading this one's ids
+    # batch-invariant mode (vLLM's VLLM_BATCH_INVARIANT): a request's tokens do not depend on what
+    # else runs. Steps are one prefill or only decodes (SchedulerConfig.prefill_alone), no prefix
+    # cache; graphed decode captures only max_num_seqs rows (every step the same shapes), eager
+    # decode runs each row as a batch of one.
+    batch_invariant: bool = False
 
 
 @dataclass
@@ -118,15 +123,17 @@ class LLMEngine:
             block_size=bs,
             num_blocks=num_blocks,
             max_model_len=config.max_model_len,
-            enable_prefix_caching=config.enable_prefix_caching,
+            enable_prefix_caching=config.enable_prefix_caching and not config.batch_invariant,
+            prefill_alone=config.batch_invariant,
         ))  # fmt: skip
         self.kv_caches = self._allocate(num_blocks)
         self.graphs = None
         if config.cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(model, self.kv_caches, max_num_seqs=config.max_num_seqs,
                                        max_model_len=config.max_model_len, block_size=bs,
-                                       device=self.device)  # fmt: skip
+                                       device=self.device, one_bucket=config.batch_invariant)  # fmt: skip
         self.sampler = Sampler(seed)
+        self.sampler.by_row = config.batch_invariant
         self._ahead: _Ahead | None = None  # the decode step launched ahead, if any
         self.ran_graph = False  # the last step ran a decode graph (or its launched-ahead replay)
         self.ahead_used = self.ahead_dropped = 0  # decode-ahead steps taken / thrown away
@@ -343,8 +350,11 @@ class LLMEngine:
             if logits is not None:
                 self.ran_graph = True
                 return logits  # (S, V)
-        logits = self._forward([(list(e.token_ids), e.start_pos) for e in plan.seqs],
-                               [list(e.block_table) for e in plan.seqs], self.kv_caches, "last")  # (S, V)
+        seqs = [(list(e.token_ids), e.start_pos) for e in plan.seqs]
+        tables = [list(e.block_table) for e in plan.seqs]
+        if self.config.batch_invariant and all(len(t) == 1 for t, _ in seqs):  # each row: a batch of one
+            return torch.cat([self._forward([s], [t], self.kv_caches, "last") for s, t in zip(seqs, tables)])
+        logits = self._forward(seqs, tables, self.kv_caches, "last")  # (S, V)
         rows = [i for i, e in enumerate(plan.seqs) if e.sample]
         return logits if len(rows) == len(plan.seqs) else logits[rows]
 

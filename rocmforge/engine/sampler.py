@@ -150,6 +150,7 @@ class Sampler:
 
     def __init__(self, seed: int | None = None, *, on_device: bool | None = None):
         self.on_device = on_device  # None: where the logits are (GPU logits -> engine/device_sampler.py)
+        self.by_row = False  # logprobs of each row on its own (the engine's batch-invariant mode)
         self.default_generator = torch.Generator(device="cpu")
         if seed is None:
             self.default_generator.seed()
@@ -167,7 +168,7 @@ class Sampler:
         if self.on_device or (self.on_device is None and logits.device.type == "cuda"):
             from .device_sampler import draw_on_device  # imports Triton
 
-            return draw_on_device(logits.detach(), rows, self.default_generator)
+            return draw_on_device(logits.detach(), rows, self.default_generator, self.by_row)
         res = self._sample_cpu(logits, rows)
         return Draw(None, lambda: res)
 

@@ -10,6 +10,11 @@ schedule() fills a token budget of `max_num_batched_tokens`, in this order:
    (the whole prompt when `chunked_prefill` is off). Admission stops at the first sequence that
    does not fit (budget, `max_num_seqs`, or blocks) so no request is overtaken.
 
+With `prefill_alone` (the engine's batch-invariant mode) a step is either one sequence's prefill
+(chunk) or the decodes of every running sequence, never a mix: a prefill then computes exactly what
+it computes for that request run alone, and every decode row goes through the same decode path.
+Prefills go first (a waiting request is admitted before the running ones decode again).
+
 When a running sequence needs a block and none is free, the most recently admitted running
 sequence not yet scheduled this step is preempted by recompute: its blocks are freed, it goes back
 to the front of the waiting queue with num_computed_tokens = 0 and keeps the tokens it generated;
@@ -43,6 +48,7 @@ class SchedulerConfig:
     num_blocks: int = 1024  # KV blocks in the cache
     max_model_len: int = 2048  # context length: prompt + output tokens at most
     enable_prefix_caching: bool = True  # reuse computed full blocks across sequences
+    prefill_alone: bool = False  # a step is one sequence's prefill or only decodes (see the docstring)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"):
@@ -142,6 +148,11 @@ class Scheduler:
         # NOTE: a list copy because grow() removes preempted sequences from self.running.
         decodes = [s for s in self.running if s.num_uncomputed_tokens == 1]
         prefills = [s for s in self.running if s.num_uncomputed_tokens > 1]
+        if self.config.prefill_alone:
+            alone = self._prefill_alone(prefills, budget)
+            if alone is not None:
+                return alone
+            prefills = [] if decodes else prefills[:1]  # only when nothing decodes may a prefill preempt
         for seq in decodes + prefills:
             if seq.status is not SequenceStatus.RUNNING or budget == 0:
                 continue  # preempted by an earlier sequence this step, or out of budget
@@ -151,27 +162,48 @@ class Scheduler:
                 done.add(seq.seq_id)
                 budget -= n
 
-        reserved = sum(1 + s.pending_forks for s in self.running)
-        while self.waiting and budget > 0 and not preempted:
-            seq = self.waiting[0]
-            if reserved + 1 + seq.pending_forks > self.config.max_num_seqs:
+        while self.waiting and budget > 0 and not preempted and not self.config.prefill_alone:
+            n = self._admit(budget)
+            if n is None:
                 break
-            cached = bm.find_cached_prefix(seq)
-            n = seq.num_tokens - len(cached) * self.config.block_size
-            if n > budget and not self.config.chunked_prefill:
-                break
-            n = min(n, budget)
-            if not bm.allocate(seq, n, cached):
-                break
-            self.waiting.popleft()
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            entries.append(self._entry(seq, n))
-            done.add(seq.seq_id)
-            reserved += 1 + seq.pending_forks
+            entries.append(self._entry(self.running[-1], n))
+            done.add(self.running[-1].seq_id)
             budget -= n
         return SchedulePlan(seqs=tuple(entries), block_copies=tuple(copies),
                             preempted_seq_ids=tuple(preempted))
+
+    def _prefill_alone(self, prefills: list[Sequence], budget: int) -> SchedulePlan | None:
+        """prefill_alone: the next chunk of the first running prefill, else the first chunk of the first
+        waiting sequence, as a step of its own; None when neither fits in the free blocks as they are
+        (then the decodes run, and may preempt to go on)."""
+        if prefills:
+            seq = prefills[0]
+            n = min(seq.num_uncomputed_tokens, budget)
+            cow = self.block_manager.append_slots(seq, n)
+            return None if cow is None else SchedulePlan(seqs=(self._entry(seq, n),), block_copies=tuple(cow))
+        if self.waiting and (n := self._admit(budget)) is not None:
+            return SchedulePlan(seqs=(self._entry(self.running[-1], n),))
+        return None
+
+    def _admit(self, budget: int) -> int | None:
+        """Admit the first waiting sequence (to the end of `running`) with its prefix-cache hits and
+        up to `budget` prompt tokens; -> the tokens it computes this step, or None if it cannot start
+        (max_num_seqs with its forks, the budget without chunked prefill, or blocks)."""
+        seq = self.waiting[0]
+        reserved = sum(1 + s.pending_forks for s in self.running)
+        if reserved + 1 + seq.pending_forks > self.config.max_num_seqs:
+            return None
+        cached = self.block_manager.find_cached_prefix(seq)
+        n = seq.num_tokens - len(cached) * self.config.block_size
+        if n > budget and not self.config.chunked_prefill:
+            return None
+        n = min(n, budget)
+        if not self.block_manager.allocate(seq, n, cached):
+            return None
+        self.waiting.popleft()
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        return n
 
     def _entry(self, seq: Sequence, n: int) -> ScheduledSeq:
         start = seq.num_computed_tokens

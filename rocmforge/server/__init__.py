@@ -20,6 +20,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="split the model over N processes (GPUs; gloo on CPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="GPU: fraction of device memory for weights + activations + KV cache")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoding together (64)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="a request's tokens do not depend on what else runs (decode costs max-num-seqs rows)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")

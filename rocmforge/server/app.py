@@ -216,7 +216,8 @@ def serve_main(a) -> int:
     def loader():
         llm = LLM(a.model, device=a.device, max_model_len=a.max_model_len,
                   gpu_memory_utilization=a.gpu_memory_utilization,
-                  tensor_parallel_size=a.tensor_parallel_size)
+                  tensor_parallel_size=a.tensor_parallel_size, max_num_seqs=a.max_num_seqs,
+                  batch_invariant=a.batch_invariant)
         engine = getattr(llm, "engine", None)
         if engine is not None and hasattr(engine, "capture_graphs"):
             t = time.perf_counter()  # a first-time compile would otherwise land inside a request

@@ -59,6 +59,21 @@ def test_logprobs_match_cpu():
             assert b[t] == pytest.approx(a[t], abs=1e-5)
 
 
+def test_by_row_logprobs_equal_each_row_drawn_alone():
+    """Batch-invariant mode (Sampler.by_row): a row's logprobs, tied values included, are those it gets
+    drawn alone, whatever k the other rows ask for."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(4, 300, generator=g) * 4).round() / 2  # steps of 0.5: many exact ties
+    rows = [SamplingRow(SamplingParams(temperature=0.0, logprobs=k), [], []) for k in (1, 2, 5, 8)]
+    sampler = Sampler(0, on_device=True)
+    sampler.by_row = True
+    together = sampler(logits.to(DEV), rows)
+    for i, row in enumerate(rows):
+        alone = sampler(logits[i:i + 1].to(DEV), [row])
+        assert together.token_ids[i] == alone.token_ids[0]
+        assert together.logprobs[i] == alone.logprobs[0]
+
+
 @pytest.mark.parametrize("params", [
     SamplingParams(temperature=0.8, top_k=5),
     SamplingParams(temperature=1.3, top_p=0.6),

@@ -325,14 +325,46 @@ def test_bad_requests_and_configs_say_what_to_do() -> None:
         cfg(max_num_seqs=100, max_num_batched_tokens=64)
 
 
-@pytest.mark.parametrize("seed,chunked,caching", [(0, True, True), (1, False, True), (2, True, False),
-                                                   (3, True, True)])
-def test_random_workload(seed: int, chunked: bool, caching: bool) -> None:
+def _chunks(plans: list[SchedulePlan], prompt_len: dict[int, int]) -> dict[int, list[tuple[int, int]]]:
+    """seq id -> the (start, length) of each step that computed part of its prompt."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for plan in plans:
+        for e in plan.seqs:
+            if e.start_pos < prompt_len.get(e.seq_id, 0):
+                out.setdefault(e.seq_id, []).append((e.start_pos, e.query_len))
+    return out
+
+
+def test_prefill_alone_steps_never_mix_and_cut_prompts_as_alone() -> None:
+    """Batch-invariant scheduling: every step is one sequence's prefill chunk or only one-token
+    entries; each prompt is cut into the same chunks as when its request runs alone; outputs exact."""
+    c = cfg(max_num_seqs=4, max_num_batched_tokens=8, prefill_alone=True)
+    reqs = {f"r{i}": (list(range(1 + 5 * i, 7 + 12 * i)), Params(max_tokens=3 + i)) for i in range(6)}
+    sched, runner = Scheduler(c), FakeRunner(c)
+    submit(sched, reqs)
+    finished = run_all(sched, runner)
+    assert results(finished) == expected(reqs, c.max_model_len)
+    for plan in runner.plans:
+        assert len(plan.seqs) == 1 or all(e.query_len == 1 for e in plan.seqs), plan
+    ids = {s.request_id: s.seq_id for s in finished}
+    together = _chunks(runner.plans, {ids[r]: len(p) for r, (p, _) in reqs.items()})
+    assert any(len(v) > 1 for v in together.values())  # some prompts do take several chunks
+    for rid, (prompt, p) in reqs.items():
+        alone_s, alone_r = Scheduler(c), FakeRunner(c)
+        seq = alone_s.add_request(rid, prompt, p)
+        run_all(alone_s, alone_r)
+        assert _chunks(alone_r.plans, {seq.seq_id: len(prompt)})[seq.seq_id] == together[ids[rid]]
+
+
+@pytest.mark.parametrize("seed,chunked,caching,alone", [(0, True, True, False), (1, False, True, False),
+                                                        (2, True, False, False), (3, True, True, False),
+                                                        (4, True, False, True)])
+def test_random_workload(seed: int, chunked: bool, caching: bool, alone: bool) -> None:
     """Random arrivals, lengths, shared prefixes, n > 1, tight cache: exact outputs, all blocks free."""
     rng = random.Random(seed)
     c = cfg(max_num_seqs=6, max_num_batched_tokens=64 if not chunked else rng.choice([8, 16, 32]),
             num_blocks=20, block_size=4, max_model_len=64, chunked_prefill=chunked,
-            enable_prefix_caching=caching)
+            enable_prefix_caching=caching, prefill_alone=alone)
     sched, runner = Scheduler(c), FakeRunner(c)
     prefixes = [[rng.randrange(1, VOCAB) for _ in range(rng.randrange(4, 20))] for _ in range(3)]
     pending = []
