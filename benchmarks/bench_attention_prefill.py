@@ -29,8 +29,8 @@ HQ, HKV, PAGE = 32, 8, 16
 CANDIDATES = {  # swept with --sweep on Hopper; each compiles without spills for sm90 (see notes_attention.md)
     64: [AttnConfig(128, 64, 4, 3), AttnConfig(128, 128, 8, 3), AttnConfig(128, 64, 4, 4)],
     128: [AttnConfig(128, 64, 8, 3), AttnConfig(128, 64, 8, 4), AttnConfig(128, 128, 8, 2)],
-    256: [AttnConfig(128, 32, 8, 3), AttnConfig(128, 16, 8, 3), AttnConfig(128, 16, 8, 4),
-          AttnConfig(128, 32, 8, 2)],
+    256: [AttnConfig(128, 32, 8, 3), AttnConfig(128, 32, 8, 2), AttnConfig(64, 32, 8, 3),
+          AttnConfig(64, 32, 8, 4), AttnConfig(64, 64, 8, 2)],
 }
 
 

@@ -29,8 +29,9 @@ from rocmforge.kernels.rope import apply_rope, rope_cos_sin_cache
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 # (BLOCK_N, num_warps, num_stages) variants swept against num_splits for a few cases
-_CFGS = [(64, 4, 3), (32, 4, 3), (64, 4, 2), (128, 8, 2), (32, 2, 4), (16, 4, 4)]
-SWEEP = {(1, 4096): _CFGS, (8, 4096): _CFGS[:3], (32, 4096): _CFGS[:4], (1, 16384): _CFGS[:2]}
+_CFGS = [(64, 8, 3), (64, 4, 3), (32, 4, 3), (32, 8, 3), (32, 4, 4), (16, 4, 4), (16, 2, 4)]
+SWEEP = {(1, 4096): _CFGS, (1, 1024): _CFGS[:4], (8, 4096): _CFGS[:4], (32, 4096): _CFGS[:4],
+         (1, 16384): _CFGS[:4]}
 
 
 def _decode_sets(B, L, n):
@@ -73,7 +74,7 @@ def decode_case(B, L, rows, sweep):
                  f"splits={splits} rel_err={err:.1e} sets={n}/{n_sdpa}", t * 1e3, ts * 1e3))
     if sweep is not None and (B, L) in SWEEP:
         for bn, nw, st in SWEEP[(B, L)]:
-            for s in (8, 16, 32, 64) if B < 32 else (1, 2):
+            for s in (8, 16, 32, 64, 128) if B < 32 else (1, 2):
                 cfg = dict(BLOCK_N=bn, num_warps=nw, num_stages=st)
                 sweep.append((f"B{B} L{L // 1024}k", f"{bn}/{nw}/{st}", s, kv_bytes / ours(s, cfg) / 1e9))
 

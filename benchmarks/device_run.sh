@@ -2,7 +2,7 @@
 # One GPU session's measurements in one device call (see benchmarks/results/*_h200.md for the last ones).
 #   bash benchmarks/device_run.sh park     call 1 of 2: leaves the first half of SmolLM2 in /tmp
 #   bash benchmarks/device_run.sh all      call 2 (right after, same warm machine), or alone without SmolLM2
-#   other modes (one call each): diag, final, load, engine, kernels; gen (call 2 after park)
+#   other modes (one call each): diag, final, load, engine, kernels, k2, k3; gen / inv (call 2 after park)
 # Carry: .whl (the gguf wheel: pip download gguf==0.19.0 --no-deps -d .whl) and, for the SmolLM2 pair,
 # .m1 / .m2 holding `split -n 2 -d SmolLM2-135M-Instruct.Q4_1.gguf` (part00 / part01; 98 MB > 64 MiB).
 # NOTE: the device kills a call's background processes when it returns: nothing here runs detached.
@@ -17,6 +17,47 @@ fi
 if [ "${1:-all}" = gen ]; then  # call 2 after park: SmolLM2's GPU text against the CPU path
     timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu_generate.py > $OUT/gen.log 2>&1
     echo "gen rc=$?"; grep -E "agree|passed|failed" $OUT/gen.log | tail -12; exit 0
+fi
+if [ "${1:-all}" = k3 ]; then  # native decode-attention tests and the kernel bench with its decode sweep
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_paged_decode.py tests/attention > $OUT/tests.log 2>&1
+    echo "tests rc=$? at ${SECONDS}s"; tail -1 $OUT/tests.log
+    timeout 170 python3 benchmarks/bench_kernels.py --out $OUT/kernels.md > $OUT/kernels.log 2>&1
+    echo "kernels rc=$? at ${SECONDS}s"; grep -E "B1 L4k|B32 L4k|B64 L4k" $OUT/kernels.md | head -3
+    exit 0
+fi
+if [ "${1:-all}" = k2 ]; then  # kernel bench (decode sweep), native attention tests, then the 8B engine bench
+    python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e; print(e('llama-3-8b-q4_k_m', None, '/tmp/syn'))" \
+        > $OUT/syn.log 2>&1 & syn_pid=$!
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_paged_decode.py tests/attention > $OUT/tests.log 2>&1
+    echo "tests rc=$? at ${SECONDS}s"; tail -1 $OUT/tests.log
+    timeout 170 python3 benchmarks/bench_kernels.py --out $OUT/kernels.md > $OUT/kernels.log 2>&1
+    echo "kernels rc=$? at ${SECONDS}s"; grep -E "B1 L4k|B32 L4k|B64 L4k" $OUT/kernels.md | head -3
+    wait $syn_pid; echo "synthetic at ${SECONDS}s"
+    timeout 200 python3 -m rocmforge bench --synthetic llama-3-8b-q4_k_m --synthetic-dir /tmp/syn -r 3 -c 64 \
+        --load-prompt 512 --load-output 256 --json > $OUT/bench_8b.json 2> $OUT/bench_8b.err
+    echo "bench 8b rc=$? at ${SECONDS}s"; python3 -c "import json; d = json.load(open('$OUT/bench_8b.json'))
+print('pp', d['pp']['runs_tok_s'], 'tg', d['tg']['runs_tok_s']); print('load', d['load'])" 2>&1 | tail -3
+    exit 0
+fi
+if [ "${1:-all}" = inv ]; then  # call 2 after park: SmolLM2 GPU tests (batch-invariant too), the mode's cost, attention
+    timeout 100 python3 benchmarks/diag_invariant.py $ROCMFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf > $OUT/diag.log 2>&1
+    echo "diag rc=$? at ${SECONDS}s"; tail -4 $OUT/diag.log
+    timeout 240 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu_generate.py tests/kernels/test_paged_decode.py \
+        tests/engine/test_device_sampler.py tests/engine/test_cuda_graph.py > $OUT/gen.log 2>&1
+    echo "gen rc=$? at ${SECONDS}s"; grep -E "agree|identical|passed|failed|Error" $OUT/gen.log | tail -8
+    m=$ROCMFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
+    for f in default --batch-invariant; do
+        fl=$f; [ $f = default ] && fl=
+        timeout 100 python3 -m rocmforge bench -m $m -p 128 -r 3 -c 16 --load-prompt 128 --load-output 128 $fl \
+            --json > $OUT/bench_smol_$f.json 2> $OUT/bench_smol_$f.err
+        echo "smol bench $f rc=$? at ${SECONDS}s"; python3 -c "import json; d = json.load(open('$OUT/bench_smol_$f.json'))
+print('pp', d['pp']['runs_tok_s'], 'tg', d['tg']['runs_tok_s']); print('load', d['load'])" 2>&1 | tail -3
+    done
+    [ "${2:-}" = prefill ] && { timeout 170 python3 benchmarks/bench_attention_prefill.py --sweep 256 --md $OUT/prefill.md \
+        --json $OUT/prefill.json > $OUT/prefill.log 2>&1; echo "prefill attention rc=$? at ${SECONDS}s"; }
+    timeout 170 python3 benchmarks/bench_kernels.py --out $OUT/kernels.md > $OUT/kernels.log 2>&1
+    echo "kernels rc=$? at ${SECONDS}s"; grep -E "B1 L4k|B32 L4k" $OUT/kernels.md | head -4
+    exit 0
 fi
 syn() { python3 -c "from rocmforge.bench.synthetic import ensure_synthetic as e
 for n in ('qwen2.5-0.5b-q8_0', 'llama-3-8b-q4_k_m'): print(e(n, None, '/tmp/syn'), flush=True)"; }

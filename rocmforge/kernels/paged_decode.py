@@ -9,8 +9,9 @@ head h reading KV head g = h // G (G = Hq / Hkv):
 Split-K ("flash decoding"): [lo, L) is cut into `num_splits` chunks of whole BLOCK_N tiles; program
 (s, g, i) runs an online softmax over chunk i and writes, per query head, the partial max m_i (base 2),
 the partial sum l_i = sum exp2(t_j - m_i) and the unnormalised acc_i = sum exp2(t_j - m_i) v_j. The
-split of (s, g) that finishes last (an arrival counter, arrival.py) combines them, in split order:
-M = max_i m_i, out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i: no second kernel.
+split of (s, g) that finishes last (an arrival counter, arrival.py) combines them, in split order and
+CH splits a step (a running max over the steps): M = max_i m_i,
+out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i: no second kernel.
 Chunks past L are empty (m, l, acc) = (-inf, 0, 0) and the combine skips them (it reads only the first
 ceil((L - lo) / chunk)); a sequence with L = 0 gets zeros.
 
@@ -50,7 +51,7 @@ def _paged_decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT: tl.constexpr,
-    KV_FP8: tl.constexpr,
+    KV_FP8: tl.constexpr, G2: tl.constexpr, CH: tl.constexpr, OFF64: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -81,7 +82,9 @@ def _paged_decode_split_kernel(
     for n0 in range(start, end, BLOCK_N):
         pos = n0 + offs_n
         mask_n = pos < end
-        page = tl.load(bt_row + pos // PAGE, mask=mask_n, other=0).to(tl.int64)
+        page = tl.load(bt_row + pos // PAGE, mask=mask_n, other=0)
+        if OFF64:  # NOTE: int32 offsets when the cache holds < 2^31 elements: the (BLOCK_N, D) offset
+            page = page.to(tl.int64)  # tiles take 20-55 fewer registers (AOT, D=128, sm80 / sm90)
         tok = pos % PAGE
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(k_ptr + (page * stride_kb + tok * stride_kt + kvh * stride_kh)[:, None] + offs_d[None, :],
@@ -130,25 +133,36 @@ def _paged_decode_split_kernel(
         tl.debug_barrier()
         slot = seq * tl.num_programs(1) + kvh
         if tl.atomic_add(cnt_ptr + slot, 1, sem="acq_rel") == num_splits - 1:
-            # only the splits that held tokens: graphs size num_splits for max_model_len, and the empty
-            # ones (2^-inf weight) would cost the combine a serial L2 read each
+            # only the splits that held tokens (graphs size num_splits for max_model_len), CH at a time
+            # with all their loads in flight: a split at a time cost one L2 round trip each (B1 L4k at
+            # 64 splits: 42 us on an H200). .cg reads L2, never a stale L1 line of another's store.
             used = tl.where(chunk > 0, tl.cdiv(L - lo, tl.maximum(chunk, 1)), 0)
-            m_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-            for i in range(0, used):  # NOTE: .cg reads L2, never a stale L1 line of another's store
-                m_max = tl.maximum(m_max, tl.load(m_ptr + base + i, mask=mask_g, other=float("-inf"),
-                                                  cache_modifier=".cg"))
-            m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-            den = tl.zeros([GROUP_PAD], tl.float32)
-            o = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-            for i in range(0, used):  # in split order, whatever the arrival order: deterministic
-                w = tl.exp2(tl.load(m_ptr + base + i, mask=mask_g, other=float("-inf"), cache_modifier=".cg")
-                            - m_max)  # empty splits: 2^-inf = 0
-                den += w * tl.load(l_ptr + base + i, mask=mask_g, other=0.0, cache_modifier=".cg")
-                o += w[:, None] * tl.load(acc_ptr + (base + i)[:, None] * HEAD_DIM + offs_d[None, :],
-                                          mask=mask_gd, other=0.0, cache_modifier=".cg")
+            offs_c = tl.arange(0, G2)
+            mask_c = offs_c < GROUP
+            heads_c = kvh * GROUP + offs_c  # (G2,)
+            rows = (seq * (GROUP * tl.num_programs(1)) + heads_c) * num_splits
+            offs_i = tl.arange(0, CH)
+            m_run = tl.full([G2], float("-inf"), tl.float32)
+            den = tl.zeros([G2], tl.float32)
+            o = tl.zeros([G2, BLOCK_D], tl.float32)
+            for i0 in range(0, used, CH):  # in split order, whatever the arrival order: deterministic
+                mask_s = mask_c[:, None] & (i0 + offs_i < used)[None, :]  # (G2, CH)
+                idx = rows[:, None] + i0 + offs_i[None, :]
+                m_c = tl.load(m_ptr + idx, mask=mask_s, other=float("-inf"), cache_modifier=".cg")
+                l_c = tl.load(l_ptr + idx, mask=mask_s, other=0.0, cache_modifier=".cg")
+                a_c = tl.load(acc_ptr + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                              mask=mask_s[:, :, None] & mask_d[None, None, :], other=0.0,
+                              cache_modifier=".cg")  # (G2, CH, BLOCK_D)
+                m_new = tl.maximum(m_run, tl.max(m_c, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all empty so far: weights 0
+                alpha = tl.exp2(m_run - m_safe)
+                w = tl.exp2(m_c - m_safe[:, None])  # (G2, CH); empty splits: 2^-inf = 0
+                den = den * alpha + tl.sum(w * l_c, 1)
+                o = o * alpha[:, None] + tl.sum(w[:, :, None] * a_c, 1)
+                m_run = m_new
             o = o / tl.where(den == 0.0, 1.0, den)[:, None]
-            tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
-                     o.to(out_ptr.dtype.element_ty), mask=mask_gd)
+            tl.store(out_ptr + seq * stride_os + heads_c[:, None] * stride_oh + offs_d[None, :],
+                     o.to(out_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_d[None, :])
             tl.store(cnt_ptr + slot, 0)
 
 
@@ -161,9 +175,11 @@ def decode_config(arch: Arch, head_dim: int, group: int = 16) -> dict:
     (group_pad, BLOCK_N, D) fp32 product is <= 64 values a lane (AOT: 94-232 VGPRs, no spills)."""
     big = head_dim > 128
     if arch.backend == "cuda":
-        # NOTE: D=128 with 4 warps held 152 B (sm90) / 2.5 KB (sm80) of stack in the AOT compile; 8 warps
-        # compile clean (192 / 223 regs). The H200 figures in benchmarks/results were taken with 4 warps.
-        return dict(BLOCK_N=32 if big else 64, num_warps=8 if head_dim == 128 else 4,
+        # NOTE: 64-token tiles at D=128 spill with 4 warps (sm90 24-48 B, sm80 32-72 B of stack in the
+        # AOT compile, even with int32 offsets); 8 warps fit but a program then holds half an SM's
+        # registers: on an H200 B64 L4k ran 3.2 TB/s against 4.3 with 4 warps (results/kernels_h200.md).
+        # 32-token tiles with 4 warps compile clean and ran 3.8 at B32 L4k (64/8/3: 3.3).
+        return dict(BLOCK_N=64 if head_dim <= 64 else 32, num_warps=4,
                     num_stages=2 if big else 3, DOT=True)
     if arch.is_rdna:
         gp, d = triton.next_power_of_2(group), triton.next_power_of_2(head_dim)
@@ -187,6 +203,14 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_len: int, num_sms: i
 def _group_pad(group: int, dot: bool) -> int:
     """Query heads per program padded to a power of two; tl.dot needs at least 16 rows."""
     return max(16 if dot else 1, triton.next_power_of_2(group))
+
+
+def _combine_tile(group: int, block_d: int, num_warps: int) -> dict:
+    """The split combine's tile: G2 = the group to a power of two (no tl.dot there, so no 16-row
+    padding), CH splits per step such that a (G2, CH, BLOCK_D) fp32 tile is 32 values a lane."""
+    g2 = triton.next_power_of_2(group)
+    ch = max(1, min(64, 32 * 32 * num_warps // (g2 * block_d)))
+    return dict(G2=g2, CH=1 << (ch.bit_length() - 1))
 
 
 def paged_decode_attention(
@@ -247,7 +271,8 @@ def paged_decode_attention(
         # NOTE: triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot, so on CPU
         # the dots run in fp32 on upcast operands (bf16 x bf16 products are exact in fp32 anyway).
         UPCAST=k_cache.dtype == torch.float32 or q.device.type == "cpu", DOT=cfg["DOT"],
-        KV_FP8=fp8,
+        KV_FP8=fp8, **_combine_tile(G, max(16, triton.next_power_of_2(D)), cfg["num_warps"]),
+        OFF64=max(k_cache.numel(), v_cache.numel()) >= 2**31,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
@@ -264,7 +289,8 @@ def aot_specs(arch: Arch) -> list[dict]:
     combos = list(itertools.product(("bf16", "fp16"), (64, 128, 256), (4, 16)))
     if arch.is_hopper:  # fp8 e4m3 caches (sm89+): bf16 q, D=128
         combos += [("fp8", 128, 4), ("fp8", 128, 16)]
-    for dt, D, G in combos:
+    combos = [(dt, D, G, False) for dt, D, G in combos] + [("bf16", D, 16, True) for D in (64, 128, 256)]
+    for dt, D, G, off64 in combos:  # off64: caches of 2^31 elements or more (64-bit offsets)
         cfg = decode_config(arch, D, G)
         kdt = "fp8e4nv" if dt == "fp8" else dt
         sig = {"q_ptr": "*bf16" if dt == "fp8" else f"*{dt}", "k_ptr": f"*{kdt}", "v_ptr": f"*{kdt}",
@@ -274,10 +300,12 @@ def aot_specs(arch: Arch) -> list[dict]:
         sig.update({n: "fp32" if n in ("scale", "softcap") else "i32" for n in _SPLIT_SIG_INTS})
         const = dict(GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D, BLOCK_D=D, PAGE=16,
                      BLOCK_N=cfg["BLOCK_N"], SPLIT=True, USE_WINDOW=False, USE_SOFTCAP=False,
-                     UPCAST=False, DOT=cfg["DOT"], KV_FP8=dt == "fp8")
+                     UPCAST=False, DOT=cfg["DOT"], KV_FP8=dt == "fp8",
+                     **_combine_tile(G, D, cfg["num_warps"]), OFF64=off64)
         sig.update({n: "constexpr" for n in const})
         sig = {n: sig[n] for n in _paged_decode_split_kernel.arg_names}  # argument order
-        specs.append(dict(name=f"paged_decode_split_{dt}_d{D}_g{G}", fn=_paged_decode_split_kernel,
+        name = f"paged_decode_split_{dt}_d{D}_g{G}{'_off64' * off64}"
+        specs.append(dict(name=name, fn=_paged_decode_split_kernel,
                           signature=sig, constexprs=const, num_warps=cfg["num_warps"],
                           num_stages=cfg["num_stages"]))
     return specs
