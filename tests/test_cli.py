@@ -48,9 +48,11 @@ def test_tokenize_matches_hf(model_path):
     assert json.loads(r.stdout) == hf(TEXT, add_special_tokens=False, split_special_tokens=True).input_ids
 
 
-def test_generate_json_matches_api(model_path):
+@pytest.mark.parametrize("extra", [(), ("--batch-invariant", "--max-num-seqs", "2")])
+def test_generate_json_matches_api(model_path, extra):
+    """--batch-invariant: one request alone computes what the default engine does (flags wired)."""
     r = run("generate", "-m", str(model_path), "-p", "The capital of France is", "-n", "5", "--json",
-            "--logprobs", "2", "--prompt-logprobs", "1", "--max-model-len", "64")  # fmt: skip
+            "--logprobs", "2", "--prompt-logprobs", "1", "--max-model-len", "64", *extra)  # fmt: skip
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
     from rocmforge import LLM, SamplingParams
