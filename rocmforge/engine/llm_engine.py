@@ -353,8 +353,10 @@ class LLMEngine:
         seqs = [(list(e.token_ids), e.start_pos) for e in plan.seqs]
         tables = [list(e.block_table) for e in plan.seqs]
         if self.config.batch_invariant and all(len(t) == 1 for t, _ in seqs):  # each row: a batch of one
-            return torch.cat([self._forward([s], [t], self.kv_caches, "last") for s, t in zip(seqs, tables)])
-        logits = self._forward(seqs, tables, self.kv_caches, "last")  # (S, V)
+            logits = torch.cat([self._forward([s], [t], self.kv_caches, "last")
+                                for s, t in zip(seqs, tables)])  # fmt: skip
+        else:
+            logits = self._forward(seqs, tables, self.kv_caches, "last")  # (S, V)
         rows = [i for i, e in enumerate(plan.seqs) if e.sample]
         return logits if len(rows) == len(plan.seqs) else logits[rows]
 
