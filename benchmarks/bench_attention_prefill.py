@@ -102,6 +102,9 @@ def bench_shape(d, s, b, causal, q, k, v, arch, do_sweep, paged=None):
         try:
             ms = bench(lambda cfg=cfg: flash_attn_varlen(q, k, v, config=cfg, **kw))
             entry["tflops"] = tflops(s, d, b, causal, ms)
+            if paged is not None:
+                ms = bench(lambda cfg=cfg: flash_attn_paged(q, kc, vc, config=cfg, **pkw))
+                entry["paged_tflops"] = tflops(s, d, b, causal, ms)
         except Exception as e:  # noqa: BLE001 - a config that fails to compile is a result too
             entry["error"] = str(e)[:120]
         sweep.append(entry)

@@ -2,7 +2,7 @@
 # One GPU session's measurements in one device call (see benchmarks/results/*_h200.md for the last ones).
 #   bash benchmarks/device_run.sh park     call 1 of 2: leaves the first half of SmolLM2 in /tmp
 #   bash benchmarks/device_run.sh all      call 2 (right after, same warm machine), or alone without SmolLM2
-#   other modes (one call each): diag, final, load, engine, kernels, k2, k3; gen / inv (call 2 after park)
+#   other modes (one call each): diag, final, load, engine, kernels, k2, k3, pf; gen / inv (call 2 after park)
 # Carry: .whl (the gguf wheel: pip download gguf==0.19.0 --no-deps -d .whl) and, for the SmolLM2 pair,
 # .m1 / .m2 holding `split -n 2 -d SmolLM2-135M-Instruct.Q4_1.gguf` (part00 / part01; 98 MB > 64 MiB).
 # NOTE: the device kills a call's background processes when it returns: nothing here runs detached.
@@ -17,6 +17,13 @@ fi
 if [ "${1:-all}" = gen ]; then  # call 2 after park: SmolLM2's GPU text against the CPU path
     timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu_generate.py > $OUT/gen.log 2>&1
     echo "gen rc=$?"; grep -E "agree|passed|failed" $OUT/gen.log | tail -12; exit 0
+fi
+if [ "${1:-all}" = pf ]; then  # native flash tests, then prefill attention with the paged column and the D=256 sweep
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_flash_attn.py > $OUT/tests.log 2>&1
+    echo "tests rc=$? at ${SECONDS}s"; tail -1 $OUT/tests.log
+    timeout 200 python3 benchmarks/bench_attention_prefill.py --paged --sweep 256 --md $OUT/prefill.md \
+        --json $OUT/prefill.json > $OUT/prefill.log 2>&1; echo "prefill attention rc=$? at ${SECONDS}s"
+    exit 0
 fi
 if [ "${1:-all}" = k3 ]; then  # native decode-attention tests and the kernel bench with its decode sweep
     timeout 100 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_paged_decode.py tests/attention > $OUT/tests.log 2>&1
