@@ -145,9 +145,24 @@ def _signature(qtype: str, x_tt: str) -> dict:
     return sig
 
 
+_ROWS_OF_BM = {1: (1,), 2: (2,), 4: (3, 4), 8: tuple(range(5, 9)), 16: tuple(range(9, 17))}
+
+
+def _chosen(spec: dict, path: str, arch: Arch) -> bool:
+    """Whether choose_path sends some row count of the spec's BM bucket to `path` for its quant type
+    (a config only a forced `path=` reaches is not one this arch launches)."""
+    name = next(n for n in QTYPE_NAMES if qtype_code(n) == spec["constexprs"]["QTYPE"])
+    return any(choose_path(m, arch, name) == path for m in _ROWS_OF_BM[spec["constexprs"]["BM"]])
+
+
 def aot_specs(arch: Arch) -> list[dict]:
-    """Every GEMV (quant_gemv.aot_specs) and GEMM (per BM) config this arch launches."""
-    specs = quant_gemv.aot_specs(arch) + quant_gemv_i8.aot_specs(arch)
+    """Every GEMV (quant_gemv.aot_specs) and GEMM (per BM) config this arch launches: those of a
+    (kernel, quant type, BM) that choose_path picks for some row count on `arch`. NOTE: on CUDA that
+    leaves out e.g. the fp32-lane GEMV at M > 1 and the integer-dot one for Q6_K at M = 1 (the other
+    GEMV wins there); two of those held 8 B of stack in the full AOT run (lane Q5_K BM=8 split-K on
+    sm90, i8 Q6_K BM=1 split-K on sm80)."""
+    specs = [s for s in quant_gemv.aot_specs(arch) if _chosen(s, "gemv", arch)]
+    specs += [s for s in quant_gemv_i8.aot_specs(arch) if _chosen(s, "gemv_i8", arch)]
     for name in QTYPE_NAMES:
         for x_tt in _DTYPES.values():
             for bm in _GEMM_BMS:
@@ -158,7 +173,7 @@ def aot_specs(arch: Arch) -> list[dict]:
                     constexprs=dict(QTYPE=qtype_code(name), NG=c["NG"], G=c["G"], BM=bm, BN=c["BN"],
                                     GROUP_M=c["GROUP_M"]),
                     num_warps=c["num_warps"], num_stages=c["num_stages"]))
-    return specs
+    return [s for s in specs if not s["name"].startswith("qgemm_") or _chosen(s, "gemm", arch)]
 
 
 # ---------------------------------------------------------------- launchers
