@@ -54,9 +54,8 @@ def _row_params(rows: list[SamplingRow]) -> torch.Tensor:
 
 def draw_on_device(logits: torch.Tensor, rows: list[SamplingRow],
                    default_generator: torch.Generator, by_row: bool = False) -> Draw:  # fmt: skip
-    """logits (S, V) raw model outputs on the device, one row per entry of `rows`; by_row: logprobs
-    from each row on its own (batch-invariant mode: torch's batched log_softmax may round a row
-    differently with other rows beside it)."""
+    """logits (S, V) raw model outputs on the device, one row per entry of `rows`; by_row: each row's
+    logprobs and top-k as if it were alone (batch-invariant mode; see _drawn)."""
     S, V = logits.shape
     dev = logits.device
     raw = logits.float()

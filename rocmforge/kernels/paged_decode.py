@@ -178,7 +178,7 @@ def decode_config(arch: Arch, head_dim: int, group: int = 16) -> dict:
         # NOTE: 64-token tiles at D=128 spill with 4 warps (sm90 24-48 B, sm80 32-72 B of stack in the
         # AOT compile, even with int32 offsets); 8 warps fit but a program then holds half an SM's
         # registers: on an H200 B64 L4k ran 3.2 TB/s against 4.3 with 4 warps (results/kernels_h200.md).
-        # 32-token tiles with 4 warps compile clean and ran 3.8 at B32 L4k (64/8/3: 3.3).
+        # 32-token tiles with 4 warps compile clean and ran 3.9 at B32 L4k (64/8/3: 3.3).
         return dict(BLOCK_N=64 if head_dim <= 64 else 32, num_warps=4,
                     num_stages=2 if big else 3, DOT=True)
     if arch.is_rdna:
