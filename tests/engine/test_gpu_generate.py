@@ -52,17 +52,23 @@ def test_gpu_greedy_tokens_equal_the_cpu_path(smollm2):
     assert compared >= total // 2, f"only {compared}/{total} tokens agree"
 
 
+def sixteen_requests() -> tuple[list[str], list[SamplingParams]]:
+    """16 greedy requests: the prompts (repeats padded with spaces) and params that differ in length,
+    stop strings, min_tokens / ignore_eos and logprob counts."""
+    prompts = [PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)) for i in range(16)]
+    extras = [dict(), dict(stop=["."]), dict(min_tokens=8, ignore_eos=True), dict(stop=["\n"])]
+    params = [SamplingParams(temperature=0.0, max_tokens=12 + 2 * i, logprobs=2 + i % 3, **extras[i % 4])
+              for i in range(16)]  # fmt: skip
+    return prompts, params
+
+
 def test_sixteen_concurrent_requests_match_each_alone(smollm2):
     """Greedy requests with different params (lengths, stop strings, min_tokens, ignore_eos, logprob
     counts) run 16 at a time: each one's tokens equal its tokens run alone (batch 1)."""
     from rocmforge.llm import LLM
 
     llm = LLM(smollm2, device="cuda", max_model_len=256)
-    prompts = [PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)) for i in range(16)]
-    params = []
-    for i in range(16):
-        extra = [dict(), dict(stop=["."]), dict(min_tokens=8, ignore_eos=True), dict(stop=["\n"])][i % 4]
-        params.append(SamplingParams(temperature=0.0, max_tokens=12 + 2 * i, logprobs=2 + i % 3, **extra))
+    prompts, params = sixteen_requests()
     together = llm.generate(prompts, params)
     compared = total = 0
     for p, sp, out in zip(prompts, params, together):
@@ -81,10 +87,7 @@ def test_sixteen_concurrent_batch_invariant_requests_equal_each_alone_exactly(sm
     from rocmforge.llm import LLM
 
     llm = LLM(smollm2, device="cuda", max_model_len=256, max_num_seqs=16, batch_invariant=True)
-    prompts = [PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)) for i in range(16)]
-    extras = [dict(), dict(stop=["."]), dict(min_tokens=8, ignore_eos=True), dict(stop=["\n"])]
-    params = [SamplingParams(temperature=0.0, max_tokens=12 + 2 * i, logprobs=2 + i % 3, **extras[i % 4])
-              for i in range(16)]  # fmt: skip
+    prompts, params = sixteen_requests()
     together = llm.generate(prompts, params)
     assert llm.engine.graphs.captured == [16] and llm.engine.graphs.disabled is None
     bad = []
