@@ -5,9 +5,10 @@ Run it twice or more in the same call, alternating settings, so that both sides 
 
     PYTHONPATH=. python3 benchmarks/ab_decode.py --fuse 0 --big 1 -- --synthetic llama-3-8b-q4_k_m ...
 
---i8-m1 LIST  the quant types that take the integer-dot GEMV at M=1 (quant_matmul._I8_AT_M1)
+--old-tiles 1 the decode GEMV as before the 2026-12-04 tile sweep: 8-row i8 tiles, and the fp32-lane
+              GEMV at M=1 for every type but Q4_K
 --fuse 0      norms / activations do not write the int8 form (quant_matmul.int8_wanted -> False)
---big 0       no many-rows GEMV config (quant_gemv_i8.BIG_ROWS_PER_SM -> infinity)
+--big 0       no many-rows GEMV tile (quant_gemv_i8.BIG_ROWS_PER_SM -> infinity)
 Everything after `--` goes to `rocmforge bench`; the JSON it prints gains an "ab" field.
 """
 
@@ -23,10 +24,31 @@ from rocmforge import cli
 from rocmforge.kernels import quant_gemv_i8, quant_matmul
 
 
+def _old_config(arch, qtype: str, bm: int = 1, rows_per_sm: float = 0.0, k: int = 4096) -> dict:
+    """quant_gemv_i8.gemv_i8_config before the 2026-12-04 sweep."""
+    if bm == 1:
+        big = rows_per_sm > quant_gemv_i8.BIG_ROWS_PER_SM
+        return dict(BN=8, NC=4 if big else 8, num_warps=1 if big else 2, num_stages=1)
+    nc = 8 if qtype in ("Q8_0", "Q4_K", "Q5_K") or bm >= 8 else 16
+    return dict(BN=16, NC=nc, num_warps=4, num_stages=1)
+
+
+def _use_old_tiles() -> None:
+    new_path = quant_matmul.choose_path
+
+    def old_path(m, arch, qtype=""):
+        if arch.backend == "cuda" and m == 1 and qtype != "Q4_K":
+            return "gemv"
+        return new_path(m, arch, qtype)
+
+    quant_matmul.choose_path = old_path
+    quant_gemv_i8.gemv_i8_config = _old_config
+
+
 def main(argv: list[str]) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     ap = argparse.ArgumentParser()
-    ap.add_argument("--i8-m1", default=None)
+    ap.add_argument("--old-tiles", type=int, choices=(0, 1), default=0)
     ap.add_argument("--fuse", type=int, choices=(0, 1), default=1)
     ap.add_argument("--big", type=int, choices=(0, 1), default=1)
     a = ap.parse_args(argv[:split])
@@ -34,8 +56,8 @@ def main(argv: list[str]) -> int:
         quant_matmul.int8_wanted = lambda *args: False
     if not a.big:
         quant_gemv_i8.BIG_ROWS_PER_SM = float("inf")
-    if a.i8_m1 is not None:
-        quant_matmul._I8_AT_M1 = tuple(t for t in a.i8_m1.split(",") if t)
+    if a.old_tiles:
+        _use_old_tiles()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = cli.main(["bench", *argv[split + 1:]])
@@ -45,7 +67,7 @@ def main(argv: list[str]) -> int:
     except json.JSONDecodeError:
         print(text, end="")
         return rc
-    d["ab"] = {"i8_m1": list(quant_matmul._I8_AT_M1), "fuse": a.fuse, "big": a.big}
+    d["ab"] = {"old_tiles": a.old_tiles, "fuse": a.fuse, "big": a.big}
     print(json.dumps(d))
     return rc
 

@@ -8,6 +8,8 @@ cuBLAS bf16 (M = 1, 8), a device-to-device copy
 includes quantizing x (quantize_act) unless the column says "pre-quantized". Weights rotate past
 L2 and every set of calls is one CUDA-graph replay (bench_quant_matmul.graph_time).
 Run: PYTHONPATH=. python3 benchmarks/bench_gemv_i8.py [--sweep] [--out DIR] [--qtypes Q4_K,...]
+(from benchmarks/; `--sweep --sweep-only --ms 1,2 --shapes NxK,... --configs BN/NC/warps/stages,...`
+times tile configs only)
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from rocmforge.kernels.quantize_act import quantize_act
 SHAPES = [(14336, 4096), (4096, 4096), (4096, 14336)]
 # the Llama-3-8B decode GEMVs: fused gate_up, ffn_down, attn_output / q, fused q+k, k / v
 SWEEP_SHAPES = [(28672, 4096), (4096, 14336), (4096, 4096), (5120, 4096), (1024, 4096)]
-CONFIGS = [(8, 8, 2), (16, 8, 4), (8, 4, 1), (4, 8, 1), (8, 16, 2), (16, 4, 2)]  # BN, NC, warps
+# BN, NC, warps, stages: the 2026-12-04 sweep's (gemv_i8_h200.md)
+CONFIGS = [(1, 32, 1, 1), (1, 16, 1, 1), (2, 16, 1, 1), (2, 32, 2, 1), (1, 64, 2, 1), (2, 8, 1, 1),
+           (4, 16, 2, 1)]
 
 
 def read_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -50,8 +54,10 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-only", action="store_true", help="the sweep, not the default-config table")
     ap.add_argument("--shapes", default=None, help="sweep shapes NxK,... (default: SWEEP_SHAPES)")
-    ap.add_argument("--configs", default=None, help="sweep configs BN/NC/warps,... (default: CONFIGS)")
+    ap.add_argument("--configs", default=None, help="sweep BN/NC/warps[/stages],... (default: CONFIGS)")
+    ap.add_argument("--ms", default="1", help="sweep rows of x, e.g. 1,2,4,8")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--name", default="gemv_i8", help="the markdown file's name in --out")
     a = ap.parse_args()
     dev = torch.cuda.get_device_name()
     copy, read = copy_bandwidth(), read_bandwidth()
@@ -60,36 +66,9 @@ def main() -> int:
              f"Copy (read + write) {copy / 1e9:.0f} GB/s, "
              f"read-only (torch.sum, 2 GiB) {read / 1e9:.0f} GB/s, both measured in this run.", ""]
     if a.sweep:
-        lines += ["## i8 config sweep, M = 1, x pre-quantized", "",
-                  "| qtype | N×K | BN | NC | warps | µs | GB/s | % read |",
-                  "|---|---|---|---|---|---|---|---|"]
-        shapes = [tuple(map(int, t.split("x"))) for t in a.shapes.split(",")] if a.shapes else SWEEP_SHAPES
-        configs = CONFIGS
-        if a.configs:
-            configs = [tuple(map(int, t.split("/"))) for t in a.configs.split(",")]
-        for qt in a.qtypes.split(","):
-            for n, k in shapes:
-                ws = weights(qt, n, k)
-                xq = quantize_act(torch.randn(1, k, device="cuda", dtype=torch.bfloat16))
-                x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-                t = _us(lambda x, w: qgemv(x, w), ws, x)
-                gbs = ws[0].nbytes / t / 1e3
-                lines.append(f"| {qt} | {n}×{k} | fp32-lane GEMV (default config) | | | {t:.1f} | "
-                             f"{gbs:.0f} | {gbs * 1e9 / read:.0%} |")
-                print(lines[-1], flush=True)
-                for bn, nc, nw in configs:
-                    cfg = dict(BN=bn, NC=nc, num_warps=nw, num_stages=1)
-                    def fn(x, w, cfg=cfg):
-                        return qgemv_i8_quantized(x, w, torch.bfloat16, config=cfg)
-                    t = _us(fn, ws, xq)
-                    gbs = ws[0].nbytes / t / 1e3
-                    lines.append(f"| {qt} | {n}×{k} | {bn} | {nc} | {nw} | {t:.1f} | {gbs:.0f} | "
-                                 f"{gbs * 1e9 / read:.0%} |")
-                    print(lines[-1], flush=True)
-                del ws
-        lines.append("")
+        _sweep(lines, a, read)
         if a.sweep_only:
-            _write(lines, a.out)
+            _write(lines, a.out, a.name)
             return 0
     lines += ["## Default configs", "",
               "| qtype | N×K | M | i8 µs | i8 GB/s | % read | i8 pre-quantized µs | fp32-lane GEMV µs | "
@@ -119,14 +98,52 @@ def main() -> int:
     lines += ["", f"quantize_act alone, 1×14336 bf16: {tq:.1f} µs per call "
                   "(graph-timed, 20 calls per replay).",
               f"Default i8 config at M=1 (Q4_K): {gemv_i8_config(current_arch(), 'Q4_K')}."]
-    _write(lines, a.out)
+    _write(lines, a.out, a.name)
     return 0
 
 
-def _write(lines: list[str], out: str | None) -> None:
+def _sweep(lines: list[str], a, read: float) -> None:
+    """i8 tile configs (x pre-quantized) against the lane GEMV and the default i8 config, per qtype,
+    shape and M; every config's output checked against the default config's before it is timed."""
+    lines += ["## i8 config sweep, x pre-quantized", "",
+              "config: BN/NC/warps/stages of the i8 GEMV (`default`: gemv_i8_config).", "",
+              "| qtype | N×K | M | kernel | config | µs | GB/s | % read |",
+              "|---|---|---|---|---|---|---|---|"]
+    shapes = [tuple(map(int, t.split("x"))) for t in a.shapes.split(",")] if a.shapes else SWEEP_SHAPES
+    configs = [(*map(int, t.split("/")), 1)[:4] for t in a.configs.split(",")] if a.configs else CONFIGS
+
+    def i8(xq, w, cfg=None):
+        return qgemv_i8_quantized(xq, w, torch.bfloat16, config=cfg)
+
+    for qt in a.qtypes.split(","):
+        for n, k in shapes:
+            ws = weights(qt, n, k)
+            for m in map(int, a.ms.split(",")):
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                xq = quantize_act(x)
+                head, nb = f"| {qt} | {n}×{k} | {m} |", ws[0].nbytes
+                _put(lines, head, "fp32-lane GEMV | default", nb, _us(lambda x, w: qgemv(x, w), ws, x), read)
+                _put(lines, head, "i8 GEMV | default", nb, _us(i8, ws, xq), read)
+                ref = i8(xq, ws[0]).float()
+                for bn, nc, nw, st in configs:
+                    cfg = dict(BN=bn, NC=nc, num_warps=nw, num_stages=st)
+                    err = ((i8(xq, ws[0], cfg).float() - ref).norm() / ref.norm()).item()
+                    t = _us(lambda x, w, cfg=cfg: i8(x, w, cfg), ws, xq)
+                    _put(lines, head, f"i8 GEMV | {bn}/{nc}/{nw}/{st} err {err:.0e}", nb, t, read)
+            del ws
+    lines.append("")
+
+
+def _put(lines: list[str], head: str, what: str, nbytes: int, t: float, read: float) -> None:
+    gbs = nbytes / t / 1e3
+    lines.append(f"{head} {what} | {t:.1f} | {gbs:.0f} | {gbs * 1e9 / read:.0%} |")
+    print(lines[-1], flush=True)
+
+
+def _write(lines: list[str], out: str | None, name: str) -> None:
     text = "\n".join(lines) + "\n"
     if out:
-        with open(f"{out}/gemv_i8.md", "w") as f:
+        with open(f"{out}/{name}.md", "w") as f:
             f.write(text)
     print(text)
 

@@ -220,23 +220,34 @@ def supported(arch: Arch) -> bool:
     return arch.backend == "cuda"
 
 
-BIG_ROWS_PER_SM = 192  # M=1 weights with more rows per SM than this take the 1-warp config
+BIG_ROWS_PER_SM = 192  # M=1 Q4_K / Q5_K weights with more rows per SM than this take 1 warp, 2 rows
+# M=1: one row per program and one quant chunk per lane (one warp and 32 chunks, or two and 64); the K
+# types Q4_K / Q5_K two rows (H200 sweep of 7 tile configs x 8 qtypes x 5 shapes, gemv_i8_h200.md)
+_M1_CONFIGS = {"Q4_0": (1, 64, 2), "Q4_1": (1, 64, 2), "Q5_0": (1, 64, 2), "Q5_1": (1, 32, 1),
+               "Q8_0": (1, 32, 1), "Q4_K": (2, 32, 2), "Q5_K": (1, 32, 1), "Q6_K": (1, 32, 1)}
 
 
-def gemv_i8_config(arch: Arch, qtype: str, bm: int = 1, rows_per_sm: float = 0.0) -> dict:
-    """BN rows × NC chunks per step; rows_per_sm: the weight's rows / the device's SMs. M=1: BN=8 /
-    NC=8 / 2 warps was the best or within 3% of it on Q4_K, Q6_K and Q8_0 at 14336, 5120, 4096 and
-    1024 rows (H200 sweeps, gemv_i8_h200.md); above BIG_ROWS_PER_SM (the 8B's fused gate_up, 28672
-    rows: 217 per SM on the H200) that config's programs no longer all fit on the SMs at once, and
-    BN=8 / NC=4 / 1 warp ran Q4_K in 29.9 us against 35.3 (at 14336 rows: 16.6 vs 15.9). M>1 keeps
-    BN=16 and 64 quant words per row-step (its sweep is still to do); at BM=8 NC=8 for every type
-    (NC=16 spills Q4_1 and split-K Q6_K on sm90 under Triton 3.9)."""
-    nc = 8 if qtype in ("Q8_0", "Q4_K", "Q5_K") or bm >= 8 else 16
-    if bm == 1 and rows_per_sm > BIG_ROWS_PER_SM:
-        return dict(BN=8, NC=4, num_warps=1, num_stages=1)
+SHORT_K = 1024  # M=1 weights of rows this short and more than SHORT_ROWS_PER_SM rows per SM: 2 rows
+SHORT_ROWS_PER_SM = 32
+
+
+def gemv_i8_config(arch: Arch, qtype: str, bm: int = 1, rows_per_sm: float = 0.0, k: int = 4096) -> dict:
+    """BN rows × NC chunks per step; rows_per_sm: the weight's rows / the device's SMs. Small row tiles
+    won everywhere in the H200 sweep (gemv_i8_h200.md): with one or two rows a program, ~4-8k programs
+    keep more loads in flight than 8-row tiles, whose programs did not all fit on the SMs at once.
+    M=1 (_M1_CONFIGS) at 14336x4096: Q4_K 14.6 us (the old 8/8/2: 16.2), Q6_K 16.5 (29.5), Q8_0 17.9
+    (26.2), Q4_0 12.2 (22.0); Q4_K / Q5_K above BIG_ROWS_PER_SM (the 8B's fused gate_up, 28672 rows)
+    2/16/1: Q4_K 24.7 vs 26.2 us. Rows of K <= SHORT_K are one short step a program: with many rows
+    (the 0.5B's 151936x896 Q8_0 head, 9728x896 gate_up) one-row programs ran 98 / 7.9 us, 2/16/1
+    52 / 6.1. M=2..8: BN=2 / NC=16 / 1 warp was best or within 3% in 17 of 18 cases (Q4_K, Q6_K, Q8_0
+    at 14336x4096 and 4096x4096), e.g. Q6_K M=8 14336x4096 70 us (old 102)."""
     if bm == 1:
-        return dict(BN=8, NC=8, num_warps=2, num_stages=1)
-    return dict(BN=16, NC=nc, num_warps=4, num_stages=1)
+        bn, nc, warps = _M1_CONFIGS[qtype]
+        if (qtype in ("Q4_K", "Q5_K") and rows_per_sm > BIG_ROWS_PER_SM) or (
+                k <= SHORT_K and rows_per_sm > SHORT_ROWS_PER_SM):
+            bn, nc, warps = 2, 16, 1
+        return dict(BN=bn, NC=nc, num_warps=warps, num_stages=1)
+    return dict(BN=2, NC=16, num_warps=1, num_stages=1)
 
 
 def _signature(qtype: str, out_tt: str) -> dict:  # out_tt: x's dtype (out and bias)
@@ -263,8 +274,9 @@ def aot_specs(arch: Arch) -> list[dict]:
     for name in QTYPE_NAMES:
         for out_tt in _DTYPES.values():
             for bm, big in ((1, False), (1, True), (2, False), (4, False), (GEMV_I8_MAX_M, False)):
-                c = gemv_i8_config(arch, name, bm, 2 * BIG_ROWS_PER_SM if big else 0.0)
-                for split in (False,) if big else (False, True):  # big weights never split K
+                c = gemv_i8_config(arch, name, bm, 2 * BIG_ROWS_PER_SM, SHORT_K) if big else \
+                    gemv_i8_config(arch, name, bm)
+                for split in (False,) if big else (False, True):  # many-row weights never split K
                     specs.append(dict(
                         name=f"qgemv_i8_{name.lower()}_bm{bm}{'_big' if big else ''}"
                              f"{'_splitk' if split else ''}_{out_tt[1:]}",
@@ -299,7 +311,7 @@ def qgemv_i8_quantized(xqds: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w:
         raise ValueError(f"qgemv_i8 handles 1..{GEMV_I8_MAX_M} rows of K={w.k}, got {tuple(xq.shape)}")
     arch = current_arch(xq.device)
     bm = 1 if m == 1 else triton.next_power_of_2(m)
-    c = {**gemv_i8_config(arch, w.qtype, bm, w.n_out / sm_count(xq.device)), **(config or {})}
+    c = {**gemv_i8_config(arch, w.qtype, bm, w.n_out / sm_count(xq.device), w.k), **(config or {})}
     q, h, d, mm, sc = w.planes()
     q = _words(q)
     if w.qtype in _H_WORDS:

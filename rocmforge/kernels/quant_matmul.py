@@ -101,21 +101,24 @@ def choose_path(m: int, arch: Arch, qtype: str = "") -> str:
     """"gemv_i8" | "gemv" | "gemm" | "dequant_mm" for M rows of x, from H200 measurements
     (benchmarks/results/gemv_i8_h200.md, quant_matmul_h200.md).
 
-    CUDA, 14336x4096: at M=1 the integer-dot GEMV wins for Q4_K (15.9 us + 1.6 us to quantize x vs
-    the fp32-lane GEMV's 23.9) and loses for Q6_K / Q8_0 (29 / 26 vs 25): those keep the lane GEMV.
-    At M=2..8 the lane GEMV costs 2.5-4x per extra row while the i8 GEMV grows slowly (Q4_K M=8 93 us,
-    4096x4096 23 us vs the BM=16 GEMM's 91 / 64; Q8_0 73 vs 84): i8 to 8 rows, except Q6_K above
-    4 rows (137 us vs dequant + cuBLAS ~93; its GEMM tile spills) and the 5-bit types above 4 rows
-    (M=8, 14336x4096: Q5_0 97 / Q5_1 99 / Q5_K 101 us vs dequant + cuBLAS 86 / 89 / 86; summed over
-    an 8B layer's FFN shapes dequant + cuBLAS wins for all three). Then the GEMM to 16 rows (Q6_K and
-    the 5-bit types: dequant + cuBLAS; BM=16 at 4096x4096 Q5_0 55 vs 25 us), dequant + cuBLAS
-    above. AMD is unmeasured: the earlier crossovers."""
+    CUDA: at M=1 the integer-dot GEMV with its one-row tiles beats the fp32-lane GEMV for every type
+    (14336x4096: Q4_K 14.6 vs 23.6 us, Q6_K 16.5 vs 24.8, Q8_0 17.9 vs 24.8, Q4_0 12.2 vs 18.0; the
+    8B's Q6_K output head 112 vs 165; the one shape measured where lane still wins, by 9%: the 0.5B's
+    151936x896 Q8_0 head, 47.8 vs 52.3). At M=2..8 the lane GEMV costs 2.5-4x per extra row while the
+    i8 GEMV grows slowly (14336x4096 M=8: Q4_K 63 us, Q6_K 70, Q8_0 55; dequant + cuBLAS 91-95
+    us; Q6_K's 4096x14336 at M=8 102 vs 94 loses, its M=5..7 and other shapes win): i8 to 8 rows,
+    except the 5-bit types above 4 rows (M=8 with the earlier 8-row tiles: Q5_0 97 / Q5_1 99 / Q5_K
+    101 us vs dequant + cuBLAS 86 / 89 / 86; Q5_K with the new tiles 69 / 27 / 86 us at 14336x4096,
+    4096x4096, 4096x14336 vs 85 / 25 / 86, a tie kept as it was; Q5_0 / Q5_1 not re-measured).
+    Then the GEMM to 16 rows (Q6_K and the 5-bit types: dequant + cuBLAS; their GEMM tile spills or
+    loses, BM=16 at 4096x4096 Q5_0 55 vs 25 us), dequant + cuBLAS above. AMD is unmeasured: the
+    earlier crossovers."""
     if arch.backend == "cuda":
         if m == 1:
-            return "gemv_i8" if qtype in _I8_AT_M1 else "gemv"
+            return "gemv_i8"
         if m <= 4 or (m <= GEMV_I8_MAX_M and qtype not in _I8_TO_4):
             return "gemv_i8"
-        return "gemm" if m <= 16 and qtype not in _I8_TO_4 else "dequant_mm"
+        return "gemm" if m <= 16 and qtype not in _NO_GEMM else "dequant_mm"
     if m <= GEMV_MAX_M:
         return "gemv"
     return "gemm" if m <= 16 else "dequant_mm"
@@ -131,8 +134,8 @@ def int8_wanted(rows: int, k: int, dtype: torch.dtype, device: torch.device, qty
     return any(choose_path(rows, arch, qt) == "gemv_i8" for qt in qtypes)
 
 
-_I8_AT_M1 = ("Q4_K",)  # the others lose at M=1 on the 8B shapes (Q5_K wins 14336x4096 only)
-_I8_TO_4 = ("Q5_0", "Q5_1", "Q5_K", "Q6_K")  # above 4 rows: dequant + cuBLAS
+_I8_TO_4 = ("Q5_0", "Q5_1", "Q5_K")  # above 4 rows: dequant + cuBLAS
+_NO_GEMM = (*_I8_TO_4, "Q6_K")  # 9..16 rows: dequant + cuBLAS
 
 
 def _signature(qtype: str, x_tt: str) -> dict:
@@ -158,9 +161,8 @@ def _chosen(spec: dict, path: str, arch: Arch) -> bool:
 def aot_specs(arch: Arch) -> list[dict]:
     """Every GEMV (quant_gemv.aot_specs) and GEMM (per BM) config this arch launches: those of a
     (kernel, quant type, BM) that choose_path picks for some row count on `arch`. NOTE: on CUDA that
-    leaves out e.g. the fp32-lane GEMV at M > 1 and the integer-dot one for Q6_K at M = 1 (the other
-    GEMV wins there); two of those held 8 B of stack in the full AOT run (lane Q5_K BM=8 split-K on
-    sm90, i8 Q6_K BM=1 split-K on sm80)."""
+    leaves out the fp32-lane GEMV (the integer-dot one wins at every M it takes), whose Q5_K BM=8
+    split-K held 8 B of stack on sm90 in the full AOT run."""
     specs = [s for s in quant_gemv.aot_specs(arch) if _chosen(s, "gemv", arch)]
     specs += [s for s in quant_gemv_i8.aot_specs(arch) if _chosen(s, "gemv_i8", arch)]
     for name in QTYPE_NAMES:

@@ -106,12 +106,18 @@ def test_dp4a_equals_its_twin(qtype):
 
 @pytest.mark.parametrize("qtype", QTYPE_NAMES)
 def test_gemv_i8_many_rows_config(qtype, monkeypatch):
-    """Weights with many rows per SM take BN=8 / NC=4 / 1 warp (gemv_i8_config); shown here on N = 40
-    with the threshold at 8 rows per "SM" (the interpreter counts 4), a masked tail and full tiles."""
+    """Q4_K / Q5_K weights with many rows per SM, and any with many short rows, take BN=2 / NC=16 /
+    1 warp (gemv_i8_config), the others keep their tile; shown here on N = 40 with the thresholds at
+    8 rows per "SM" (the interpreter counts 4): short rows (512), long ones (1280), a masked tail."""
     from rocmforge.kernels import quant_gemv_i8
 
     monkeypatch.setattr(quant_gemv_i8, "BIG_ROWS_PER_SM", 8)
-    assert quant_gemv_i8.gemv_i8_config(None, qtype, 1, 40 / 4)["num_warps"] == 1
+    monkeypatch.setattr(quant_gemv_i8, "SHORT_ROWS_PER_SM", 8)
+    two_rows = dict(BN=2, NC=16, num_warps=1, num_stages=1)
+    one_row = quant_gemv_i8.gemv_i8_config(None, qtype, 1, 0.0)
+    assert quant_gemv_i8.gemv_i8_config(None, qtype, 1, 40 / 4, 512) == two_rows
+    long_rows = quant_gemv_i8.gemv_i8_config(None, qtype, 1, 40 / 4, 1280)
+    assert long_rows == (two_rows if qtype in ("Q4_K", "Q5_K") else one_row)
     for n, k in ((40, 512), (37, 1280)):
         raw, w, x = _case(qtype, 1, n, k, torch.bfloat16, seed=n)
         _check(qgemv_i8(x, w), x, raw, qtype, n)

@@ -198,15 +198,15 @@ def test_takes_the_int8_form_attached_to_its_input(dev, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="only the CUDA integer-dot GEMV takes it")
 def test_norm_quantizes_exactly_when_a_reader_takes_the_int8_gemv():
-    """choose_path on the H200: Q4_K takes the integer-dot GEMV at 1..8 rows, Q8_0 at 2..8 (the lane
-    GEMV at 1); a norm nothing quantized reads never quantizes."""
+    """choose_path on the H200: Q4_K and Q8_0 take the integer-dot GEMV at 1..8 rows, Q5_0 at 1..4
+    (dequant + cuBLAS above); a norm nothing quantized reads never quantizes."""
     from rocmforge.kernels.quantize_act import attached, quantize_act
     from rocmforge.layers.norm import RMSNorm
 
     norm = RMSNorm(256, 1e-6).cuda()
     norm.weight.data.normal_()
     cases = {frozenset(): {1: False, 4: False}, frozenset({"Q4_K"}): {1: True, 8: True, 9: False},
-             frozenset({"Q8_0"}): {1: False, 2: True, 9: False}}
+             frozenset({"Q8_0"}): {1: True, 8: True, 9: False}, frozenset({"Q5_0"}): {4: True, 5: False}}
     for readers, by_rows in cases.items():
         norm.int8_for = readers
         for t, want in by_rows.items():
