@@ -11,7 +11,9 @@ Split-K ("flash decoding"): [lo, L) is cut into `num_splits` chunks of whole BLO
 the partial sum l_i = sum exp2(t_j - m_i) and the unnormalised acc_i = sum exp2(t_j - m_i) v_j. The
 split of (s, g) that finishes last (an arrival counter, arrival.py) combines them, in split order and
 CH splits a step (a running max over the steps): M = max_i m_i,
-out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i: no second kernel.
+out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i: no second kernel. At many splits on CUDA
+(separate_combine) a second launch does the same sums instead, one program per (head, 32 of D)
+reading all of that head's splits at once.
 Chunks past L are empty (m, l, acc) = (-inf, 0, 0) and the combine skips them (it reads only the first
 ceil((L - lo) / chunk)); a sequence with L = 0 gets zeros.
 
@@ -51,7 +53,7 @@ def _paged_decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT: tl.constexpr,
-    KV_FP8: tl.constexpr, G2: tl.constexpr, CH: tl.constexpr, OFF64: tl.constexpr,
+    KV_FP8: tl.constexpr, G2: tl.constexpr, CH: tl.constexpr, OFF64: tl.constexpr, COMBINE: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -129,6 +131,7 @@ def _paged_decode_split_kernel(
         tl.store(m_ptr + base + split, m_i, mask=mask_g)
         tl.store(l_ptr + base + split, l_i, mask=mask_g)
         tl.store(acc_ptr + (base + split)[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mask_gd)
+    if SPLIT and COMBINE:
         # the last split of (seq, kvh) to arrive combines all of them (arrival.py): no reduce launch
         tl.debug_barrier()
         slot = seq * tl.num_programs(1) + kvh
@@ -164,6 +167,38 @@ def _paged_decode_split_kernel(
             tl.store(out_ptr + seq * stride_os + heads_c[:, None] * stride_oh + offs_d[None, :],
                      o.to(out_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_d[None, :])
             tl.store(cnt_ptr + slot, 0)
+
+
+@triton.jit
+def _paged_decode_reduce_kernel(
+    m_ptr, l_ptr, acc_ptr, seq_lens_ptr, out_ptr, window, num_splits, stride_os, stride_oh,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, NS: tl.constexpr,
+    DS: tl.constexpr, USE_WINDOW: tl.constexpr,
+):
+    """The split combine as its own launch (many splits: see `separate` in paged_decode_attention):
+    program (row = seq * Hq + head, d-block) reads that head's used splits at once, NS >= num_splits."""
+    row = tl.program_id(0)
+    seq = row // NUM_HEADS
+    L = tl.load(seq_lens_ptr + seq)
+    lo = 0
+    if USE_WINDOW:
+        lo = tl.maximum(L - window, 0)
+    chunk = tl.cdiv(tl.cdiv(L - lo, num_splits), BLOCK_N) * BLOCK_N  # as the split kernel cuts [lo, L)
+    used = tl.where(chunk > 0, tl.cdiv(L - lo, tl.maximum(chunk, 1)), 0)
+    offs_s = tl.arange(0, NS)
+    mask_s = offs_s < used
+    offs_d = tl.program_id(1) * DS + tl.arange(0, DS)
+    mask_d = offs_d < HEAD_DIM
+    m = tl.load(m_ptr + row * num_splits + offs_s, mask=mask_s, other=float("-inf"))  # (NS,)
+    lsum = tl.load(l_ptr + row * num_splits + offs_s, mask=mask_s, other=0.0)
+    a = tl.load(acc_ptr + (row * num_splits + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=mask_s[:, None] & mask_d[None, :], other=0.0)  # (NS, DS)
+    big = tl.max(m, 0)
+    w = tl.exp2(m - tl.where(big == float("-inf"), 0.0, big))  # empty splits: 2^-inf = 0
+    den = tl.sum(w * lsum, 0)
+    o = tl.sum(w[:, None] * a, 0) / tl.where(den == 0.0, 1.0, den)
+    tl.store(out_ptr + seq * stride_os + (row % NUM_HEADS) * stride_oh + offs_d,
+             o.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
 # ---- per-arch configs ---------------------------------------------------------------------------------
@@ -205,12 +240,26 @@ def _group_pad(group: int, dot: bool) -> int:
     return max(16 if dot else 1, triton.next_power_of_2(group))
 
 
+SEPARATE_SPLITS = 32  # split counts from here on combine in their own launch (CUDA)
+_REDUCE_DS = 32  # head-dim elements per reduce program
+
+
 def _combine_tile(group: int, block_d: int, num_warps: int) -> dict:
-    """The split combine's tile: G2 = the group to a power of two (no tl.dot there, so no 16-row
-    padding), CH splits per step such that a (G2, CH, BLOCK_D) fp32 tile is 32 values a lane."""
+    """The in-kernel split combine's tile: G2 = the group to a power of two (no tl.dot there, so no
+    16-row padding), CH splits per step such that a (G2, CH, BLOCK_D) fp32 tile is 32 values a lane."""
     g2 = triton.next_power_of_2(group)
     ch = max(1, min(64, 32 * 32 * num_warps // (g2 * block_d)))
     return dict(G2=g2, CH=1 << (ch.bit_length() - 1))
+
+
+def separate_combine(arch: Arch, num_splits: int, head_dim: int) -> bool:
+    """Whether the splits combine in a second launch rather than in the last split to arrive. On an
+    H200 (GQA 32q/8kv, D=128, B1, benchmarks/results/kernels_h200.md) at 64 splits L4k the in-kernel
+    combine ran 13.1 us with 16 splits a step (the default 8: 14.7) and a second launch 11.4 (L16k:
+    25.6 / 27.7 vs 24.8): one program reading 64 splits of 4 heads from L2 outlasts a launch whose
+    128 programs read them in parallel. Off CUDA and below D=128 unmeasured: in-kernel (NOTE: the
+    split kernel without its combine spills 16 B at D=64, G=16 on sm90 in the AOT compile)."""
+    return arch.backend == "cuda" and num_splits >= SEPARATE_SPLITS and head_dim >= 128
 
 
 def paged_decode_attention(
@@ -224,7 +273,7 @@ def paged_decode_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
     num_splits: int | None = None,
-    config: dict | None = None,  # override decode_config(): BLOCK_N, num_warps, num_stages, DOT
+    config: dict | None = None,  # override decode_config(): BLOCK_N, num_warps, num_stages, DOT; CH, SEPARATE
 ) -> torch.Tensor:  # (S, Hq, D) in q.dtype
     """Decode attention over a paged cache; `num_splits` defaults to a choice from batch, heads, the
     block table's capacity (an upper bound on length: no host sync) and the SM count."""
@@ -251,11 +300,12 @@ def paged_decode_attention(
             max_len = min(max_len, sliding_window)
         num_splits = choose_num_splits(S, Hkv, max_len, sm_count(q.device), block_n)
     out = torch.empty_like(q)
+    separate = cfg.get("SEPARATE", separate_combine(current_arch(q.device), num_splits, D)) and num_splits > 1
     if num_splits > 1:
         m = torch.empty(S, Hq, num_splits, dtype=torch.float32, device=q.device)
         lsum = torch.empty_like(m)
         acc = torch.empty(S, Hq, num_splits, D, dtype=torch.float32, device=q.device)
-        cnt = split_counters(q.device, S * Hkv)
+        cnt = seq_lens if separate else split_counters(q.device, S * Hkv)
     else:
         m = lsum = acc = out  # unused: the split kernel writes the output directly
         cnt = seq_lens
@@ -271,10 +321,16 @@ def paged_decode_attention(
         # NOTE: triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot, so on CPU
         # the dots run in fp32 on upcast operands (bf16 x bf16 products are exact in fp32 anyway).
         UPCAST=k_cache.dtype == torch.float32 or q.device.type == "cpu", DOT=cfg["DOT"],
-        KV_FP8=fp8, **_combine_tile(G, max(16, triton.next_power_of_2(D)), cfg["num_warps"]),
-        OFF64=max(k_cache.numel(), v_cache.numel()) >= 2**31,
+        KV_FP8=fp8, **{**_combine_tile(G, max(16, triton.next_power_of_2(D)), cfg["num_warps"]),
+                       **{k: cfg[k] for k in ("CH",) if k in cfg}},
+        OFF64=max(k_cache.numel(), v_cache.numel()) >= 2**31, COMBINE=not separate,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
+    if separate:
+        _paged_decode_reduce_kernel[(S * Hq, triton.cdiv(D, _REDUCE_DS))](
+            m, lsum, acc, seq_lens, out, int(sliding_window or 0), num_splits, out.stride(0), out.stride(1),
+            NUM_HEADS=Hq, HEAD_DIM=D, BLOCK_N=block_n, NS=triton.next_power_of_2(num_splits), DS=_REDUCE_DS,
+            USE_WINDOW=sliding_window is not None, num_warps=4)
     return out
 
 
@@ -301,14 +357,26 @@ def aot_specs(arch: Arch) -> list[dict]:
         const = dict(GROUP=G, GROUP_PAD=_group_pad(G, cfg["DOT"]), HEAD_DIM=D, BLOCK_D=D, PAGE=16,
                      BLOCK_N=cfg["BLOCK_N"], SPLIT=True, USE_WINDOW=False, USE_SOFTCAP=False,
                      UPCAST=False, DOT=cfg["DOT"], KV_FP8=dt == "fp8",
-                     **_combine_tile(G, D, cfg["num_warps"]), OFF64=off64)
+                     **_combine_tile(G, D, cfg["num_warps"]), OFF64=off64, COMBINE=True)
         sig.update({n: "constexpr" for n in const})
         sig = {n: sig[n] for n in _paged_decode_split_kernel.arg_names}  # argument order
         name = f"paged_decode_split_{dt}_d{D}_g{G}{'_off64' * off64}"
         specs.append(dict(name=name, fn=_paged_decode_split_kernel,
                           signature=sig, constexprs=const, num_warps=cfg["num_warps"],
                           num_stages=cfg["num_stages"]))
+        if separate_combine(arch, SEPARATE_SPLITS, D) and dt == "bf16" and not off64:  # its split half
+            specs.append({**specs[-1], "name": name + "_nocombine",
+                          "constexprs": {**const, "COMBINE": False}})
+    if separate_combine(arch, SEPARATE_SPLITS, 128):
+        for D, ns in itertools.product((128, 256), (32, 64)):
+            sig = dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", seq_lens_ptr="*i32", out_ptr="*bf16",
+                       window="i32", num_splits="i32", stride_os="i32", stride_oh="i32")
+            const = dict(NUM_HEADS=32, HEAD_DIM=D, BLOCK_N=decode_config(arch, D)["BLOCK_N"], NS=ns,
+                         DS=_REDUCE_DS, USE_WINDOW=False)
+            sig.update({n: "constexpr" for n in const})
+            specs.append(dict(name=f"paged_decode_reduce_d{D}_ns{ns}", fn=_paged_decode_reduce_kernel,
+                              signature=sig, constexprs=const, num_warps=4, num_stages=1))
     return specs
 
 
-__all__ = ["paged_decode_attention", "choose_num_splits", "decode_config", "aot_specs"]
+__all__ = ["paged_decode_attention", "choose_num_splits", "decode_config", "separate_combine", "aot_specs"]

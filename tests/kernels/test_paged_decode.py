@@ -81,6 +81,19 @@ def test_splits_and_windows(num_splits, window):
     assert not split_counters(q.device, 3 * 2)[: 3 * 2].any()
 
 
+@pytest.mark.parametrize("separate", [False, True])
+@pytest.mark.parametrize("num_splits,window", [(5, None), (12, None), (12, 19), (33, None)])
+def test_separate_combine(separate, num_splits, window):
+    """The split combine as its own launch (CUDA's choice from SEPARATE_SPLITS splits) and in the last
+    split to arrive give the twin's output: empty splits, a window, a sequence with no keys, D=48."""
+    q, kc, vc, bt, lens = _setup(3, 8, 2, 48, 16, [0, 45, 97], torch.float16, seed=4)
+    out = paged_decode_attention(q, kc, vc, bt, lens, scale=0.15, sliding_window=window,
+                                 num_splits=num_splits, config=dict(SEPARATE=separate))
+    ref = paged_decode_attention_ref(q, kc, vc, bt, lens, scale=0.15, sliding_window=window)
+    assert torch.all(out[0] == 0)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=4e-3, atol=4e-3)
+
+
 @pytest.mark.parametrize("page,D", [(1, 16), (5, 48), (32, 128)])  # odd page sizes, non power-of-two D
 def test_page_sizes_and_head_dims(page, D):
     q, kc, vc, bt, lens = _setup(2, 4, 2, D, page, [33, 8], torch.bfloat16, seed=2)
